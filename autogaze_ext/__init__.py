@@ -1,2 +1,23 @@
-"""autogaze_ext: fast AutoGaze gaze models and gazed-token ViTs."""
+"""autogaze_ext: fast AutoGaze gaze models and gazed-token ViTs.
+
+>>> import autogaze_ext as ag
+>>> model = ag.AutoGaze.from_pretrained("path/to/checkpoint")
+>>> out = model.generate(video, gazing_ratio=0.75, task_loss_requirement=0.7)
+"""
+from .clips import split_clips
+from .config import AutoGazeConfig
+from .model import AutoGaze, GazeOutput, GazeState, exact_fp32
+from .processor import AutoGazeImageProcessor, AutoGazeProcessor
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "AutoGaze",
+    "AutoGazeConfig",
+    "AutoGazeImageProcessor",
+    "AutoGazeProcessor",
+    "GazeOutput",
+    "GazeState",
+    "exact_fp32",
+    "split_clips",
+]

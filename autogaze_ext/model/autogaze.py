@@ -1,0 +1,359 @@
+"""The AutoGaze model: official module layout, checkpoint format and ``generate`` behaviour."""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import AutoGazeConfig
+from . import checkpoint
+from .decoder import GazeDecoder
+from .encoder import Connector, ShallowVideoConvNet
+from .generation import DecodeState, Sampler, decode_frame
+from .masks import gazing_masks, positions_from_masks
+from .output import GazeOutput
+
+GazeState = DecodeState
+
+
+class AutoGazeModel(nn.Module):
+    """``gazing_model``: conv encoder + connector + gaze decoder."""
+
+    def __init__(self, cfg: AutoGazeConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.vision_model = ShallowVideoConvNet(cfg.vision)
+        num_tokens = (cfg.input_img_size // cfg.vision.kernel_size) ** 2
+        self.connector = Connector(num_tokens, cfg.vision.out_dim)
+        self.gaze_decoder = GazeDecoder(cfg.decoder)
+
+    def embed_video(self, video: torch.Tensor, conv_past: list | None = None):
+        """video (B, T, 3, H, W) -> vision tokens (B, T, n, D) and the new conv caches.
+        Frames are resized to the model size with bicubic interpolation (spec §2.2)."""
+        B, T = video.shape[:2]
+        S = self.cfg.input_img_size
+        if video.shape[-2:] != (S, S):
+            video = F.interpolate(video.flatten(0, 1), size=(S, S), mode="bicubic", align_corners=False)
+            video = video.view(B, T, *video.shape[1:])
+        feats, new_past = self.vision_model(video, conv_past)
+        return self.connector(feats), new_past
+
+
+@contextlib.contextmanager
+def exact_fp32():
+    """True fp32 for matmuls and cuDNN convolutions (TF32 off) inside the block."""
+    m, c = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = m, c
+
+
+def _as_float_list(name: str, value, length: int | None) -> list[float] | None:
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().reshape(-1).tolist() if value.ndim else float(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [float(value)] * (length or 1)
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            raise TypeError(f"{name}: expected a number or a list of numbers, got {value!r}")
+        return [float(v) for v in value]
+    raise TypeError(f"{name}: expected a number or a list of numbers, got {type(value).__name__}")
+
+
+class AutoGaze(nn.Module):
+    """AutoGaze gaze model (spec §1, §4, §5).
+
+    ``AutoGaze.from_pretrained(dir)`` loads an official checkpoint; ``generate(video, ...)``
+    returns a :class:`GazeOutput`. The module is a plain ``nn.Module`` (CPU, float32 after
+    loading); move it with ``.to()`` as usual.
+    """
+
+    def __init__(self, config: AutoGazeConfig | None = None):
+        super().__init__()
+        self.config = config or AutoGazeConfig()
+        self.gazing_model = AutoGazeModel(self.config)
+        self.eval()
+
+    # --- properties mirroring the official attributes -------------------------------------
+    @property
+    def scales(self) -> list[int]:
+        return list(self.config.scales)
+
+    @property
+    def num_vision_tokens_each_frame(self) -> int:
+        return self.config.num_vision_tokens_each_frame
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    # --- checkpoint I/O ----------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "AutoGaze":
+        """Load ``config.json`` + ``model.safetensors`` (official format, keys ``gazing_model.*``)."""
+        cfg = AutoGazeConfig.from_pretrained(path)
+        model = cls(cfg)
+        checkpoint.load_into(model, os.fspath(path))
+        return model.to(device).eval()
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write ``config.json`` + ``model.safetensors`` in the official format."""
+        self.config.save_pretrained(directory)
+        checkpoint.save(self, os.fspath(directory))
+
+    # --- argument handling (spec §1.2) --------------------------------------------------------
+    def _caps(self, gazing_ratio, T: int, offset: int, streaming: bool) -> list[int]:
+        ratios = _as_float_list("gazing_ratio", gazing_ratio, T)
+        if len(ratios) != T:
+            if streaming and len(ratios) >= offset + T:
+                ratios = ratios[offset: offset + T]  # a whole-stream list, indexed by frame position
+            else:
+                raise ValueError(
+                    f"gazing_ratio: expected one value or a list of {T} values (one per frame), got {len(ratios)}"
+                    + (f" (or, when streaming, at least {offset + T} values)" if streaming else "")
+                )
+        for r in ratios:
+            if not (0.0 < r <= 1.0) or math.isnan(r):
+                raise ValueError(f"gazing_ratio: each value must be in (0, 1], got {r}")
+        V = self.num_vision_tokens_each_frame
+        # the official cap: trunc(float32(ratio) * V) in float32, at least 1 (spec §5.2)
+        caps = (torch.tensor(ratios, dtype=torch.float32) * V).to(torch.long).clamp(min=1)
+        return caps.tolist()
+
+    def _requirement(self, req, B: int, T: int, offset: int, streaming: bool, device) -> torch.Tensor | None:
+        if req is None:
+            return None
+        if isinstance(req, torch.Tensor) and req.ndim == 2:
+            if req.shape != (B, T):
+                raise ValueError(f"task_loss_requirement: expected shape {(B, T)}, got {tuple(req.shape)}")
+            t = req.to(device=device, dtype=torch.float32)
+        else:
+            vals = _as_float_list("task_loss_requirement", req, T)
+            if len(vals) != T:
+                if streaming and len(vals) >= offset + T:
+                    vals = vals[offset: offset + T]
+                else:
+                    raise ValueError(f"task_loss_requirement: expected one value or {T} values, got {len(vals)}")
+            t = torch.ones(B, T, device=device) * torch.tensor(vals, dtype=torch.float32, device=device)
+        if torch.isnan(t).any() or (t < 0).any():
+            raise ValueError("task_loss_requirement: values must be >= 0 (and not NaN)")
+        return t
+
+    def _check_video(self, video) -> torch.Tensor:
+        if isinstance(video, dict):
+            video = video.get("video")
+        if not isinstance(video, torch.Tensor):
+            raise TypeError(f"video: expected a torch.Tensor (B, T, 3, H, W), got {type(video).__name__}")
+        if not video.is_floating_point():
+            raise TypeError(
+                f"video: expected a float tensor normalised by AutoGazeImageProcessor, got dtype {video.dtype} "
+                "(run the processor on uint8 frames first)"
+            )
+        if video.ndim != 5 or video.shape[2] != 3:
+            raise ValueError(f"video: expected shape (B, T, 3, H, W), got {tuple(video.shape)}")
+        B, T, _, H, W = video.shape
+        if B < 1 or T < 1 or H < 1 or W < 1:
+            raise ValueError(f"video: every dimension must be non-empty, got {tuple(video.shape)}")
+        if video.device != self.device:
+            raise ValueError(f"video: is on {video.device} but the model is on {self.device}; move one of them")
+        return video.to(self.dtype)
+
+    # --- generation ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        video: torch.Tensor,
+        gazing_ratio: float | Sequence[float] | None = None,
+        task_loss_requirement: float | Sequence[float] | torch.Tensor | None = None,
+        target_scales: Sequence[int] | None = None,
+        target_patch_size: int | None = None,
+        *,
+        state: GazeState | None = None,
+        return_state: bool = False,
+        cached: bool = True,
+        do_sample: bool | None = None,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+    ):
+        """Gaze a batch of clips.
+
+        video: (B, T, 3, H, W) float, normalised by :class:`AutoGazeImageProcessor`; T <= 16.
+        gazing_ratio / task_loss_requirement: combination rules of spec §1.2 — both: cap from the
+        ratio, stop on the requirement; ratio only: no early stop; requirement only: cap 265;
+        neither: the config's inference values (released: 0.75 and 0.7).
+        target_scales / target_patch_size: ids for a ViT of another geometry (spec §5.9).
+        state / return_state: streaming (spec §5.8): pass the returned state back with the next
+        frames; ids are then local to each call.
+        do_sample: None follows ``self.training`` as the official model does; sampling uses
+        ``temperature`` and top-k (config, 50), reproducible with ``seed`` or ``generator``.
+        cached=False recomputes the whole sequence each step (a slow oracle for testing).
+        """
+        video = self._check_video(video)
+        B, T = video.shape[:2]
+        if gazing_ratio is None and task_loss_requirement is None:
+            gazing_ratio = self.config.default_gazing_ratio
+            task_loss_requirement = self.config.default_task_loss_requirement
+            if gazing_ratio is None:
+                raise ValueError(
+                    "gazing_ratio: the config samples the ratio at random at inference; pass gazing_ratio explicitly"
+                )
+        elif gazing_ratio is None:
+            gazing_ratio = 1.0
+        if do_sample is None:
+            do_sample = self.training
+        if seed is not None and generator is None:
+            generator = torch.Generator().manual_seed(int(seed))
+        sampler = Sampler(bool(do_sample), float(temperature),
+                          self.config.decoder.top_k if top_k is None else int(top_k), generator)
+        if do_sample and not temperature > 0:
+            raise ValueError(f"temperature: must be > 0, got {temperature}")
+
+        adapt = self._needs_adaptation(target_scales, target_patch_size)
+        if adapt and (state is not None or return_state):
+            raise ValueError("target_scales: streaming (state/return_state) is not supported with target scales")
+
+        offset = 0 if state is None else state.frames_seen
+        limit = self.config.max_num_frames
+        if offset + T > limit:
+            raise ValueError(
+                f"video: {offset + T} frames in one clip, but the model was trained on clips of at most {limit}; "
+                f"cut the video into clips of {limit} frames (autogaze_ext.split_clips) or restart the stream"
+            )
+        streaming = state is not None or return_state
+        caps = self._caps(gazing_ratio, T, offset, streaming)
+
+        ctx = exact_fp32() if video.is_cuda else contextlib.nullcontext()
+        with ctx:
+            if adapt:
+                return self._generate_adapted(video, caps, task_loss_requirement, list(target_scales),
+                                              int(target_patch_size), sampler, cached)
+            req = self._requirement(task_loss_requirement, B, T, offset, streaming, video.device)
+            ids, padded, counts, state = self._generate_native(video, caps, req, sampler, cached, state)
+            out = self._output(ids, padded, counts, T, req)
+        return (out, state) if return_state else out
+
+    def _generate_native(self, video, caps, req, sampler, cached, state):
+        gm = self.gazing_model
+        dec = gm.gaze_decoder
+        B, T = video.shape[:2]
+        V, eos = self.num_vision_tokens_each_frame, dec.cfg.eos_token_id
+        if state is None:
+            state = GazeState.empty(B, dec.cfg.hidden_size, dec.cfg.num_layers, cached, video)
+        elif state.key_mask.shape[0] != B:
+            raise ValueError(f"state: was made for batch {state.key_mask.shape[0]}, got video batch {B}")
+        elif state.cached != cached:
+            raise ValueError("cached: must match the state's mode")
+        vision, state.conv_past = gm.embed_video(video, state.conv_past)
+        ids, counts = [], []
+        for t in range(T):
+            frame = decode_frame(dec, state, vision[:, t], caps[t], None if req is None else req[:, t], sampler)
+            ids.append(frame)
+            counts.append(frame.shape[1])
+        state.frames_seen += T
+        padded = torch.cat([f == eos for f in ids], dim=1)
+        gpos = torch.cat([f + V * t for t, f in enumerate(ids)], dim=1)
+        return gpos, padded, torch.tensor(counts, dtype=torch.long, device=video.device), state
+
+    def _output(self, ids, padded, counts, T, req, grids=None, V=None) -> GazeOutput:
+        grids = grids or self.config.grids
+        V = V or self.num_vision_tokens_each_frame
+        return GazeOutput(
+            gazing_pos=ids,
+            if_padded_gazing=padded,
+            num_gazing_each_frame=counts,
+            gazing_mask=gazing_masks(ids, padded, T, grids),
+            scales=self.scales,
+            num_vision_tokens_each_frame=V,
+            task_loss_requirement=req,
+            has_task_loss_requirement=req is not None,
+        )
+
+    # --- target-scale adaptation (spec §5.9) --------------------------------------------------
+    def _needs_adaptation(self, target_scales, target_patch_size) -> bool:
+        if target_scales is None or target_patch_size is None:
+            if (target_scales is None) != (target_patch_size is None):
+                raise ValueError("target_scales and target_patch_size: give both or neither")
+            return False
+        ts = list(target_scales)
+        if len(ts) != len(self.scales) or not all(isinstance(s, int) and s > 0 for s in ts) or ts != sorted(ts):
+            raise ValueError(f"target_scales: expected {len(self.scales)} ascending positive ints, got {target_scales!r}")
+        p = target_patch_size
+        if not isinstance(p, int) or p <= 0:
+            raise ValueError(f"target_patch_size: expected a positive int, got {p!r}")
+        return not (ts == self.scales and [(s // p) ** 2 for s in ts] == self.config.num_tokens_each_scale)
+
+    def _generate_adapted(self, video, caps, req_arg, target_scales, patch, sampler, cached) -> GazeOutput:
+        B, T, C, H, W = video.shape
+        if H != W or H != target_scales[-1]:
+            raise ValueError(
+                f"video: with target_scales the frames must be square with side {target_scales[-1]}, got {H}x{W}"
+            )
+        g_native = self.config.grids
+        g_target = [s // patch for s in target_scales]
+        n = math.ceil(g_target[-1] / g_native[-1])  # tiles per side
+        side = n * g_native[-1] * patch
+        # pad the normalised video with zeros (the mean colour), then tiles become batch rows
+        tiles = F.pad(video, (0, side - W, 0, side - H))
+        tiles = tiles.view(B, T, C, n, side // n, n, side // n).permute(0, 3, 5, 1, 2, 4, 6)
+        tiles = tiles.reshape(B * n * n, T, C, side // n, side // n)
+        req = self._requirement(req_arg, B * n * n, T, 0, False, video.device)
+        ids, padded, counts, _ = self._generate_native(tiles, caps, req, sampler, cached, None)
+        tile_masks = gazing_masks(ids, padded, T, g_native)
+        masks = []
+        for m, g, gt in zip(tile_masks, g_native, g_target):
+            m = m.view(B, n, n, T, g, g).permute(0, 3, 1, 4, 2, 5).reshape(B, T, n * g, n * g)
+            masks.append(m[:, :, :gt, :gt].reshape(B, T, gt * gt))
+        gpos, gpad, gcounts = positions_from_masks(torch.cat(masks, dim=-1))
+        Vt = sum(g * g for g in g_target)
+        req_out = None if req_arg is None else self._requirement(req_arg, B, T, 0, False, video.device)
+        return GazeOutput(
+            gazing_pos=gpos, if_padded_gazing=gpad, num_gazing_each_frame=gcounts, gazing_mask=masks,
+            scales=self.scales, num_vision_tokens_each_frame=Vt,
+            task_loss_requirement=req_out, has_task_loss_requirement=req_out is not None,
+        )
+
+    # --- the official call style ----------------------------------------------------------------
+    def forward(self, inputs: dict, target_scales=None, target_patch_size=None, gazing_info=None,
+                temperature=1.0, gazing_ratio=None, task_loss_requirement=None, generate_only=False,
+                use_cache=False, past_key_values=None, past_inputs_embeds=None,
+                past_attention_mask=None, past_conv_values=None) -> GazeOutput:
+        """``model({"video": v}, gazing_ratio=..., generate_only=True)`` as in the official code.
+
+        Streaming in this style: ``use_cache=True`` returns the state under ``past_key_values``;
+        pass it back as ``past_key_values`` (the other three ``past_*`` arguments are not used).
+        """
+        if not isinstance(inputs, dict) or "video" not in inputs:
+            raise TypeError("inputs: expected a dict with a 'video' tensor")
+        if gazing_info is not None or not generate_only:
+            raise NotImplementedError(
+                "teacher-forced scoring (gazing_info / generate_only=False) is not implemented; "
+                "pass generate_only=True"
+            )
+        if past_key_values is not None and not isinstance(past_key_values, GazeState):
+            raise TypeError("past_key_values: expected the state returned by a previous use_cache=True call")
+        res = self.generate(
+            inputs["video"], gazing_ratio, task_loss_requirement, target_scales, target_patch_size,
+            state=past_key_values, return_state=use_cache, temperature=temperature,
+        )
+        if use_cache:
+            out, st = res
+            out.extra.update(past_key_values=st, past_input_embeds=None, past_attention_mask=None,
+                             past_conv_values=None)
+            return out
+        return res

@@ -1,0 +1,55 @@
+"""The result of a gaze call, readable as attributes or as the official dictionary."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+
+
+@dataclass
+class GazeOutput:
+    gazing_pos: torch.Tensor  # (B, N) int64, video-global ids local + V*t (spec §1.3)
+    if_padded_gazing: torch.Tensor  # (B, N) bool
+    num_gazing_each_frame: torch.Tensor  # (T,) int64, shared by the batch
+    gazing_mask: list  # per scale (B, T, n_s) float32
+    scales: list
+    num_vision_tokens_each_frame: int
+    frame_sampling_rate: int = 1
+    task_loss_requirement: torch.Tensor | None = None
+    has_task_loss_requirement: bool = False
+    log_action_probs: torch.Tensor | None = None
+    task_loss_prediction: torch.Tensor | None = None
+    extra: dict = field(default_factory=dict)
+
+    # dict-style access, as the official model returns a dict
+    def __getitem__(self, key: str) -> Any:
+        if key in self.extra:
+            return self.extra[key]
+        if key in self._names():
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.extra or key in self._names()
+
+    def keys(self):
+        return [n for n in self._names() if n != "extra"] + list(self.extra)
+
+    def items(self):
+        return [(k, self[k]) for k in self.keys()]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self[key] if key in self else default
+
+    def to_dict(self) -> dict:
+        return dict(self.items())
+
+    @classmethod
+    def _names(cls):
+        return {f.name for f in fields(cls)}
+
+    def real_tokens_each_frame(self) -> torch.Tensor:
+        """(B, T) number of non-padded slots per frame."""
+        parts = (~self.if_padded_gazing).split(self.num_gazing_each_frame.tolist(), dim=1)
+        return torch.stack([p.sum(dim=1) for p in parts], dim=1)
