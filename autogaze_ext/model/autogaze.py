@@ -190,6 +190,7 @@ class AutoGaze(nn.Module):
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         seed: int | None = None,
+        margins: list | None = None,
     ):
         """Gaze a batch of clips.
 
@@ -203,6 +204,9 @@ class AutoGaze(nn.Module):
         do_sample: None follows ``self.training`` as the official model does; sampling uses
         ``temperature`` and top-k (config, 50), reproducible with ``seed`` or ``generator``.
         cached=False recomputes the whole sequence each step (a slow oracle for testing).
+        margins: a list that receives, per decoded frame (per tile row block), the smallest
+        greedy top-1/top-2 logit gap or |predicted loss - requirement| met — how close the
+        frame came to a tie, for tie-aware comparisons.
         """
         video = self._check_video(video)
         B, T = video.shape[:2]
@@ -220,7 +224,7 @@ class AutoGaze(nn.Module):
         if seed is not None and generator is None:
             generator = torch.Generator().manual_seed(int(seed))
         sampler = Sampler(bool(do_sample), float(temperature),
-                          self.config.decoder.top_k if top_k is None else int(top_k), generator)
+                          self.config.decoder.top_k if top_k is None else int(top_k), generator, margins)
         if do_sample and not temperature > 0:
             raise ValueError(f"temperature: must be > 0, got {temperature}")
 

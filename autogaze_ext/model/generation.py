@@ -34,6 +34,13 @@ class Sampler:
     temperature: float = 1.0
     top_k: int = 50
     generator: torch.Generator | None = None
+    # optional decision-margin record for tie-aware comparisons: one float per frame, the
+    # smallest top-1/top-2 logit gap or |predicted loss - requirement| seen in that frame
+    trace: list | None = None
+
+    def note(self, margin: torch.Tensor) -> None:
+        if self.trace is not None and margin.numel():
+            self.trace[-1] = min(self.trace[-1], float(margin.min()))
 
     def warp(self, scores: torch.Tensor) -> torch.Tensor:
         if not self.do_sample:
@@ -48,6 +55,10 @@ class Sampler:
     def pick(self, scores: torch.Tensor) -> torch.Tensor:
         """scores (B, V) -> chosen ids (B,)."""
         if not self.do_sample:
+            if self.trace is not None:
+                top2 = torch.topk(scores, 2, dim=-1).values
+                gap = top2[:, 0] - top2[:, 1]
+                self.note(gap[torch.isfinite(gap)])
             return torch.argmax(scores, dim=-1)
         dead = torch.isneginf(scores).all(dim=-1)
         safe = torch.where(dead[:, None], torch.zeros_like(scores), scores)
@@ -93,6 +104,7 @@ def select_chunk(logits, loss_pred, frame_ids, cap, unfinished, requirement, fir
     met = torch.zeros_like(chunk, dtype=torch.bool)
     if requirement is not None:
         met = loss_pred[:, : chunk.shape[1]] <= requirement[:, None]
+        sampler.note((loss_pred[:, : chunk.shape[1]] - requirement[:, None]).abs()[unfinished])
         if first_step:
             met[:, 0] = False  # every frame keeps at least one real token
         chunk = torch.where(met, torch.full_like(chunk, eos), chunk)
@@ -141,6 +153,8 @@ def decode_frame(decoder: GazeDecoder, st: DecodeState, vision: torch.Tensor, ca
                  requirement: torch.Tensor | None, sampler: Sampler) -> torch.Tensor:
     """Generate one frame's gaze ids (B, n) (local ids, EOS for pads) and advance ``st``."""
     cfg = decoder.cfg
+    if sampler.trace is not None:
+        sampler.trace.append(float("inf"))
     K, eos = cfg.num_multi_token_pred, cfg.eos_token_id
     B = vision.shape[0]
     seq_mask = torch.cat([st.key_mask, torch.ones(B, vision.shape[1], dtype=torch.bool, device=vision.device)], 1)

@@ -9,7 +9,7 @@ def gazing_masks(gazing_pos: torch.Tensor, if_padded: torch.Tensor, num_frames: 
     from .. import _ops  # compiled op when built, PyTorch otherwise
 
     mask, _ = _ops.gaze_decode(gazing_pos, if_padded, num_frames, list(grids), validate=False)
-    return _ops.split_mask(mask, grids)
+    return _ops.split_gaze_mask(mask, grids)
 
 
 def positions_from_masks(mask: torch.Tensor):
