@@ -1,0 +1,44 @@
+// Declarations and argument checks shared by the torch-facing backends (CPU and CUDA glue).
+#pragma once
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <limits>
+#include <tuple>
+
+#include "common/gaze_layout.h"
+
+namespace autogaze_ext {
+
+std::tuple<at::Tensor, at::Tensor> gaze_decode_cpu(const at::Tensor& gazing_pos, const at::Tensor& if_padded,
+                                                   int64_t num_frames, at::IntArrayRef grids);
+
+// Builds the per-frame layout from grid sides, checking what the kernels rely on.
+inline ScaleLayout make_scale_layout(at::IntArrayRef grids) {
+  TORCH_CHECK(!grids.empty() && grids.size() <= static_cast<size_t>(kMaxScales),
+              "grids must hold 1 to ", kMaxScales, " grid sides, got ", grids.size());
+  ScaleLayout L{};
+  L.num_scales = static_cast<int32_t>(grids.size());
+  int64_t offset = 0;
+  for (size_t s = 0; s < grids.size(); ++s) {
+    TORCH_CHECK(grids[s] > 0 && grids[s] <= 46340, "grids[", s, "] must be in [1, 46340], got ", grids[s]);
+    L.grid[s] = static_cast<int32_t>(grids[s]);
+    L.offset[s] = static_cast<int32_t>(offset);
+    offset += grids[s] * grids[s];
+    TORCH_CHECK(offset <= std::numeric_limits<int32_t>::max(), "too many tokens per frame");
+  }
+  L.offset[grids.size()] = static_cast<int32_t>(offset);
+  return L;
+}
+
+inline void check_gaze_decode_inputs(const at::Tensor& gazing_pos, const at::Tensor& if_padded, int64_t num_frames) {
+  TORCH_CHECK(gazing_pos.dim() == 2, "gazing_pos must be (B, N), got ", gazing_pos.sizes());
+  TORCH_CHECK(gazing_pos.scalar_type() == at::kLong, "gazing_pos must be int64, got ", gazing_pos.scalar_type());
+  TORCH_CHECK(if_padded.scalar_type() == at::kBool, "if_padded must be bool, got ", if_padded.scalar_type());
+  TORCH_CHECK(if_padded.sizes() == gazing_pos.sizes(), "if_padded ", if_padded.sizes(),
+              " must match gazing_pos ", gazing_pos.sizes());
+  TORCH_CHECK(if_padded.device() == gazing_pos.device(), "if_padded and gazing_pos must be on one device");
+  TORCH_CHECK(num_frames >= 1, "num_frames must be >= 1, got ", num_frames);
+}
+
+}  // namespace autogaze_ext
