@@ -1,0 +1,157 @@
+"""Python face of the compiled ops (torch.ops.autogaze_ext.*).
+
+Each op gets: argument checks with clear errors, a fake (meta) kernel so torch.compile and CUDA graphs
+can trace it, and a pure-PyTorch reference used when the compiled module, or the backend a tensor
+needs, is missing (e.g. CUDA tensors with a CPU-only build). The references double as test oracles.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Sequence
+
+import torch
+
+EXTENSION_IMPORT_ERROR: ImportError | None = None
+try:
+    from . import _C
+except ImportError as _err:  # not built, or built against a torch whose symbols differ
+    _C = None
+    EXTENSION_IMPORT_ERROR = _err
+else:
+    # A module built against another torch minor version may import and then crash: refuse to use it.
+    _built = re.match(r"\d+\.\d+", _C.build_info()["torch_version"])
+    _running = re.match(r"\d+\.\d+", torch.__version__)
+    if not (_built and _running and _built[0] == _running[0]):
+        EXTENSION_IMPORT_ERROR = ImportError(
+            f"autogaze_ext._C was built against torch {_C.build_info()['torch_version']} but torch "
+            f"{torch.__version__} is running; rebuild: pip install --no-build-isolation -e .")
+        _C = None
+
+HAS_EXTENSION = _C is not None
+HAS_CUDA_KERNELS = HAS_EXTENSION and bool(_C.has_cuda())
+MAX_SCALES = 8  # kMaxScales in csrc/common/gaze_layout.h
+
+
+def build_info() -> dict:
+    """How the compiled module was built ({} when it is unavailable)."""
+    return dict(_C.build_info()) if HAS_EXTENSION else {}
+
+
+def _use_compiled(t: torch.Tensor) -> bool:
+    if not HAS_EXTENSION:
+        return False
+    if t.device.type == "cuda":
+        return HAS_CUDA_KERNELS
+    return t.device.type in ("cpu", "meta")
+
+
+def _check_tensor(x, name: str, dtype: torch.dtype) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype}, got {x.dtype}")
+
+
+def _check_int(x, name: str, minimum: int) -> int:
+    if isinstance(x, bool):
+        raise TypeError(f"{name} must be an int, got bool")
+    try:
+        x = operator.index(x)
+    except TypeError:
+        raise TypeError(f"{name} must be an int, got {type(x).__name__}") from None
+    if x < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {x}")
+    return x
+
+
+def _check_grids(grids) -> tuple[int, ...]:
+    if isinstance(grids, torch.Tensor):
+        grids = grids.tolist()
+    if not isinstance(grids, Sequence):
+        raise TypeError(f"grids must be a sequence of ints (grid side per scale), got {type(grids).__name__}")
+    if not 1 <= len(grids) <= MAX_SCALES:
+        raise ValueError(f"grids must hold 1 to {MAX_SCALES} grid sides, got {len(grids)}")
+    return tuple(_check_int(g, f"grids[{i}]", 1) for i, g in enumerate(grids))
+
+
+# ---------------------------------------------------------------------------------------------- gaze_decode
+
+
+def _check_gaze_decode_args(gazing_pos, if_padded, num_frames, grids) -> tuple[int, tuple[int, ...]]:
+    _check_tensor(gazing_pos, "gazing_pos", torch.int64)
+    _check_tensor(if_padded, "if_padded", torch.bool)
+    if gazing_pos.dim() != 2:
+        raise ValueError(f"gazing_pos must be (B, N), got shape {tuple(gazing_pos.shape)}")
+    if if_padded.shape != gazing_pos.shape:
+        raise ValueError(f"if_padded shape {tuple(if_padded.shape)} must match gazing_pos {tuple(gazing_pos.shape)}")
+    if if_padded.device != gazing_pos.device:
+        raise ValueError(f"if_padded is on {if_padded.device} but gazing_pos on {gazing_pos.device}")
+    return _check_int(num_frames, "num_frames", 1), _check_grids(grids)
+
+
+def gaze_decode_reference(gazing_pos: torch.Tensor, if_padded: torch.Tensor, num_frames: int,
+                          grids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch gaze_decode (no argument checks); same outputs as the kernels, invalid ids included."""
+    dev = gazing_pos.device
+    B, N = gazing_pos.shape
+    sizes = [g * g for g in grids]
+    V = sum(sizes)
+    video = num_frames * V
+    valid = ~if_padded & (gazing_pos >= 0) & (gazing_pos < video)
+    ids = torch.where(valid, gazing_pos, 0)
+    t, local = ids // V, ids % V
+    ends = torch.tensor(sizes, device=dev).cumsum(0)
+    s = torch.searchsorted(ends, local, right=True)
+    k = local - (ends - torch.tensor(sizes, device=dev))[s]
+    side = torch.tensor(list(grids), device=dev)[s]
+    coords = torch.stack([t, s, k // side, k % side], dim=-1).to(torch.int32)
+    coords = torch.where(valid.unsqueeze(-1), coords, -1)
+    # Spec §3.3: scatter into one extra column that swallows padded (and invalid) slots, then drop it.
+    flat = torch.zeros(B * video + 1, dtype=torch.float32, device=dev)
+    rows = torch.arange(B, device=dev).unsqueeze(1) * video
+    flat[torch.where(valid, ids + rows, B * video).reshape(-1)] = 1.0
+    return flat[:-1].view(B, num_frames, V), coords
+
+
+def gaze_decode(gazing_pos: torch.Tensor, if_padded: torch.Tensor, num_frames: int, grids: Sequence[int],
+                validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode video-global gaze ids (spec §3.2-3.3).
+
+    gazing_pos: (B, N) int64, ids `local + V*t` with V = sum(g*g for g in grids); if_padded: (B, N) bool
+    (padded slots may hold anything); grids: grid side per scale, ascending (native AutoGaze [2, 4, 7, 14]).
+    Returns mask (B, T, V) float32 with 1.0 at every non-padded id, and coords (B, N, 4) int32 =
+    (frame, scale, row, col) per slot, -1 for padded slots.
+
+    validate=True checks that non-padded ids lie in [0, T*V) and raises ValueError otherwise; that costs
+    one device->host sync, so fast paths pass validate=False (invalid ids are then skipped: no mask
+    entry, coords -1). Validation is skipped while torch.compile traces.
+    """
+    num_frames, grids = _check_gaze_decode_args(gazing_pos, if_padded, num_frames, grids)
+    if validate and gazing_pos.device.type != "meta" and not torch.compiler.is_compiling():
+        video = num_frames * sum(g * g for g in grids)
+        bad = ~if_padded & ((gazing_pos < 0) | (gazing_pos >= video))
+        if bool(bad.any()):
+            first = int(gazing_pos[bad][0])
+            raise ValueError(f"gazing_pos holds non-padded id {first} outside [0, {video}) "
+                             f"(num_frames={num_frames} x {video // num_frames} tokens per frame)")
+    if _use_compiled(gazing_pos):
+        mask, coords = torch.ops.autogaze_ext.gaze_decode(gazing_pos, if_padded, num_frames, list(grids))
+        return mask, coords
+    return gaze_decode_reference(gazing_pos, if_padded, num_frames, grids)
+
+
+def split_gaze_mask(mask: torch.Tensor, grids: Sequence[int]) -> list[torch.Tensor]:
+    """(B, T, V) mask -> list of per-scale (B, T, g*g) views, the official `gazing_mask` layout."""
+    return list(mask.split([g * g for g in _check_grids(grids)], dim=-1))
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("autogaze_ext::gaze_decode")
+    def _gaze_decode_fake(gazing_pos, if_padded, num_frames, grids):
+        B, N = gazing_pos.shape
+        V = sum(g * g for g in grids)
+        return (gazing_pos.new_empty((B, num_frames, V), dtype=torch.float32),
+                gazing_pos.new_empty((B, N, 4), dtype=torch.int32))
