@@ -100,7 +100,8 @@ class CMakeBuild(build_ext):
             args += [f"-DCMAKE_CUDA_COMPILER={cuda_home / 'bin' / 'nvcc'}",
                      f"-DCUDAToolkit_ROOT={cuda_home}", f"-DCUDA_TOOLKIT_ROOT_DIR={cuda_home}"]
             env["CUDA_HOME"] = str(cuda_home)
-        jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        jobs = os.environ.get("MAX_JOBS") or str(cores or 1)
 
         t0 = time.perf_counter()
         subprocess.run(args, check=True, env=env)
