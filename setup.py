@@ -4,15 +4,15 @@ Install with `pip install --no-build-isolation .` (or `-e .`) so the build sees 
 
 Environment:
   AUTOGAZE_EXT_NO_CUDA=1   CPU kernels only, even when torch has CUDA and nvcc is found
-  CUDA_HOME / CUDA_PATH    CUDA toolkit root (otherwise located from the nvcc on PATH)
+  CUDA_HOME / CUDA_PATH    CUDA toolkit root (otherwise the nvcc on PATH; see CMakeLists.txt)
   TORCH_CUDA_ARCH_LIST     target GPUs, default "9.0"
   MAX_JOBS                 parallel compile jobs, default: number of cores
   AUTOGAZE_EXT_DEBUG=1     CMake Debug build
 """
 
+import fcntl
 import hashlib
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -40,44 +40,18 @@ def _tool(module: str, name: str) -> str:
     return exe
 
 
-def _find_cuda_home() -> Path | None:
-    for var in ("CUDA_HOME", "CUDA_PATH", "CUDAToolkit_ROOT"):
-        root = os.environ.get(var)
-        if root and (Path(root) / "bin" / "nvcc").is_file():
-            return Path(root)
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        # nvcc on PATH may be a wrapper script (e.g. /usr/local/bin/nvcc exec-ing the real one), so
-        # ask nvcc where it lives rather than trusting the path it was found at.
-        try:
-            out = subprocess.run([nvcc, "--dryrun", "-x", "cu", "-c", os.devnull, "-o", os.devnull],
-                                 capture_output=True, text=True, timeout=120)
-            m = re.search(r"^#\$ _HERE_=(.+)$", out.stdout + out.stderr, re.M)
-            if m and (Path(m[1]).parent / "bin" / "nvcc").is_file():
-                return Path(m[1]).parent
-        except (OSError, subprocess.SubprocessError):
-            pass
-        root = Path(nvcc).resolve().parent.parent
-        if (root / "include" / "cuda_runtime.h").is_file():
-            return root
-    root = Path("/usr/local/cuda")
-    return root if (root / "bin" / "nvcc").is_file() else None
-
-
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
         import pybind11
         import torch
 
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
-        cuda_home = None
-        if torch.version.cuda and os.environ.get("AUTOGAZE_EXT_NO_CUDA", "0") in ("", "0"):
-            cuda_home = _find_cuda_home()
-            if cuda_home is None:
-                print("autogaze_ext: torch has CUDA but no nvcc was found; building CPU kernels only")
-        # One CMake tree per (python, torch, CUDA) so switching environments never reuses a stale cache,
-        # while rebuilding in one environment stays incremental.
-        key = f"{sys.executable}|{torch.__version__}|{torch.__file__}|{cuda_home}"
+        # CMake finds nvcc (CUDA_HOME, CUDA_PATH, CUDACXX, PATH) and builds the CUDA kernels when it can.
+        no_cuda = not torch.version.cuda or os.environ.get("AUTOGAZE_EXT_NO_CUDA", "0") not in ("", "0")
+        # One CMake tree per (python, torch, CUDA setup) so switching environments never reuses a stale
+        # cache, while rebuilding in one environment stays incremental.
+        key = "|".join([sys.executable, torch.__version__, torch.__file__, str(no_cuda), shutil.which("nvcc") or "",
+                        *(os.environ.get(v, "") for v in ("CUDA_HOME", "CUDA_PATH", "CUDACXX"))])
         build_dir = ROOT / "build" / f"cmake-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
         build_dir.mkdir(parents=True, exist_ok=True)
 
@@ -92,23 +66,20 @@ class CMakeBuild(build_ext):
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
-            f"-DAUTOGAZE_EXT_CUDA={'ON' if cuda_home else 'OFF'}",
+            f"-DAUTOGAZE_EXT_CUDA={'OFF' if no_cuda else 'AUTO'}",
         ]
-        if cuda_home:
-            # FindCUDA (torch's cuda.cmake), CMake's CUDA language and FindCUDAToolkit each look for the
-            # toolkit their own way; point all three at the same root.
-            args += [f"-DCMAKE_CUDA_COMPILER={cuda_home / 'bin' / 'nvcc'}",
-                     f"-DCUDAToolkit_ROOT={cuda_home}", f"-DCUDA_TOOLKIT_ROOT_DIR={cuda_home}"]
-            env["CUDA_HOME"] = str(cuda_home)
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         jobs = os.environ.get("MAX_JOBS") or str(cores or 1)
 
-        t0 = time.perf_counter()
-        subprocess.run(args, check=True, env=env)
-        t1 = time.perf_counter()
-        subprocess.run([_tool("cmake", "cmake"), "--build", str(build_dir), "-j", jobs], check=True, env=env)
-        t2 = time.perf_counter()
-        print(f"autogaze_ext: CUDA={'yes' if cuda_home else 'no'} configure {t1 - t0:.1f}s, "
+        # Two installs of one checkout into one environment at once would share this tree: take turns.
+        with open(build_dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            t0 = time.perf_counter()
+            subprocess.run(args, check=True, env=env)
+            t1 = time.perf_counter()
+            subprocess.run([_tool("cmake", "cmake"), "--build", str(build_dir), "-j", jobs], check=True, env=env)
+            t2 = time.perf_counter()
+        print(f"autogaze_ext: configure {t1 - t0:.1f}s, "
               f"compile {t2 - t1:.1f}s, {jobs} jobs, build dir {build_dir}", flush=True)
 
 
