@@ -14,6 +14,7 @@ from ..config import AutoGazeConfig
 from . import checkpoint
 from .decoder import GazeDecoder
 from .encoder import Connector, ShallowVideoConvNet
+from .fast import FastGazeRunner, _slot_budget
 from .generation import DecodeState, Sampler, decode_frame
 from .masks import gazing_masks, positions_from_masks
 from .output import GazeOutput
@@ -191,6 +192,7 @@ class AutoGaze(nn.Module):
         generator: torch.Generator | None = None,
         seed: int | None = None,
         margins: list | None = None,
+        backend: str = "auto",
     ):
         """Gaze a batch of clips.
 
@@ -207,6 +209,9 @@ class AutoGaze(nn.Module):
         margins: a list that receives, per decoded frame (per tile row block), the smallest
         greedy top-1/top-2 logit gap or |predicted loss - requirement| met — how close the
         frame came to a tie, for tie-aware comparisons.
+        backend: "reference" (the readable PyTorch loop), "fast" (static shapes, device-side
+        selection, CUDA graphs on a GPU) or "auto" (fast on CUDA for greedy static clips).
+        Both give the same ids.
         """
         video = self._check_video(video)
         B, T = video.shape[:2]
@@ -241,14 +246,24 @@ class AutoGaze(nn.Module):
             )
         streaming = state is not None or return_state
         caps = self._caps(gazing_ratio, T, offset, streaming)
+        if backend not in ("auto", "reference", "fast"):
+            raise ValueError(f"backend: expected 'auto', 'reference' or 'fast', got {backend!r}")
+        fast_ok = not (streaming or do_sample or margins is not None or not cached)
+        if backend == "fast" and not fast_ok:
+            raise ValueError("backend: 'fast' decodes greedy static clips only (no state, sampling, margins "
+                             "or cached=False); use backend='reference'")
+        use_fast = backend == "fast" or (backend == "auto" and fast_ok and video.is_cuda)
 
         ctx = exact_fp32() if video.is_cuda else contextlib.nullcontext()
         with ctx:
             if adapt:
                 return self._generate_adapted(video, caps, task_loss_requirement, list(target_scales),
-                                              int(target_patch_size), sampler, cached)
+                                              int(target_patch_size), sampler, cached, use_fast)
             req = self._requirement(task_loss_requirement, B, T, offset, streaming, video.device)
-            ids, padded, counts, state = self._generate_native(video, caps, req, sampler, cached, state)
+            if use_fast:
+                ids, padded, counts = self._generate_fast(video, caps, req)
+            else:
+                ids, padded, counts, state = self._generate_native(video, caps, req, sampler, cached, state)
             out = self._output(ids, padded, counts, T, req)
         return (out, state) if return_state else out
 
@@ -273,6 +288,32 @@ class AutoGaze(nn.Module):
         padded = torch.cat([f == eos for f in ids], dim=1)
         gpos = torch.cat([f + V * t for t, f in enumerate(ids)], dim=1)
         return gpos, padded, torch.tensor(counts, dtype=torch.long, device=video.device), state
+
+    def _generate_fast(self, video, caps, req):
+        gm = self.gazing_model
+        B, T = video.shape[:2]
+        V, eos = self.num_vision_tokens_each_frame, gm.gaze_decoder.cfg.eos_token_id
+        vision, _ = gm.embed_video(video)
+        runner = self._fast_runner(B, vision.shape[2], caps)
+        local, counts = runner.decode(vision, caps, req)
+        offsets = torch.repeat_interleave(torch.arange(T, device=video.device) * V, counts)
+        return local + offsets, local == eos, counts
+
+    def _fast_runner(self, B: int, n_vision: int, caps: list[int]) -> FastGazeRunner:
+        """A runner (and its CUDA graphs) is kept per (batch size, clip length) and reused while its
+        slot budget suffices and the weights are unchanged."""
+        K = self.config.decoder.num_multi_token_pred
+        T = len(caps)
+        need = _slot_budget(list(caps), n_vision, K)
+        p = next(self.parameters())
+        weights_key = (p.device, p.dtype, p.data_ptr(), sum(q._version for q in self.parameters()))
+        cache = self.__dict__.setdefault("_fast_runners", {})
+        r = cache.get((B, T))
+        if r is None or r[0] != weights_key or r[1] < need:
+            budget = 256 * math.ceil(need / 256)
+            runner = FastGazeRunner(self.gazing_model.gaze_decoder, B, T, n_vision, budget)
+            cache[(B, T)] = r = (weights_key, budget, runner)
+        return r[2]
 
     def _output(self, ids, padded, counts, T, req, grids=None, V=None) -> GazeOutput:
         grids = grids or self.config.grids
@@ -302,7 +343,7 @@ class AutoGaze(nn.Module):
             raise ValueError(f"target_patch_size: expected a positive int, got {p!r}")
         return not (ts == self.scales and [(s // p) ** 2 for s in ts] == self.config.num_tokens_each_scale)
 
-    def _generate_adapted(self, video, caps, req_arg, target_scales, patch, sampler, cached) -> GazeOutput:
+    def _generate_adapted(self, video, caps, req_arg, target_scales, patch, sampler, cached, use_fast) -> GazeOutput:
         B, T, C, H, W = video.shape
         if H != W or H != target_scales[-1]:
             raise ValueError(
@@ -317,7 +358,10 @@ class AutoGaze(nn.Module):
         tiles = tiles.view(B, T, C, n, side // n, n, side // n).permute(0, 3, 5, 1, 2, 4, 6)
         tiles = tiles.reshape(B * n * n, T, C, side // n, side // n)
         req = self._requirement(req_arg, B * n * n, T, 0, False, video.device)
-        ids, padded, counts, _ = self._generate_native(tiles, caps, req, sampler, cached, None)
+        if use_fast:
+            ids, padded, counts = self._generate_fast(tiles, caps, req)
+        else:
+            ids, padded, counts, _ = self._generate_native(tiles, caps, req, sampler, cached, None)
         tile_masks = gazing_masks(ids, padded, T, g_native)
         masks = []
         for m, g, gt in zip(tile_masks, g_native, g_target):

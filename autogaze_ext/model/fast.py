@@ -1,0 +1,274 @@
+"""Fast gaze decoding: static shapes, device-resident state, CUDA graphs.
+
+Same decisions as the reference loop in ``generation.py`` (spec §5), rearranged so that no
+shape and no control-flow value depends on the data:
+
+* one pre-allocated KV cache for the whole clip, (layers, B, H, L_max, d); every write goes to a
+  slot index held on the device;
+* a frame's prefill always feeds 10 + 196 slots: the pending last chunk of the previous frame
+  (its unused tail slots are holes that stay masked forever) and the vision tokens;
+* a decode step selects the next chunk on the device (ban mask, per-head argmax with the in-chunk
+  ban, cap, task-loss stop with the first-token exemption, finished rows) and feeds it back; once
+  every row of the frame is done a step changes nothing, so steps can run in groups and the
+  host only checks a flag between groups (never when no requirement is set: then the step count
+  is known in advance);
+* on CUDA, prefill, step and frame end are captured once as CUDA graphs and replayed.
+
+Attention lets every query see its own slot, so hole slots (never read by real tokens) stay
+finite. Greedy decoding only; sampling runs on the reference path.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from .decoder import GazeDecoder, apply_rope, rope_cos_sin
+
+_NEG_INF = float("-inf")
+
+
+def _slot_budget(caps: list[int], n_vision: int, K: int) -> int:
+    """Cache slots a clip can use: per frame the 10+196 prefill slots plus every fed chunk."""
+    return sum(K + n_vision + K * (max(1, math.ceil(c / K)) - 1) for c in caps)
+
+
+class FastGazeRunner:
+    """Decodes clips of a fixed batch size and slot budget; reusable across calls."""
+
+    def __init__(self, decoder: GazeDecoder, batch: int, n_frames: int, n_vision: int, max_slots: int,
+                 use_graphs: bool | None = None):
+        cfg = decoder.cfg
+        p = next(decoder.parameters())
+        dev, dt = p.device, p.dtype
+        self.dec, self.B, self.T, self.NV = decoder, batch, n_frames, n_vision
+        self.K, self.eos, self.vocab = cfg.num_multi_token_pred, cfg.eos_token_id, cfg.vocab_size
+        self.H, self.d, self.D = cfg.num_heads, cfg.head_dim, cfg.hidden_size
+        self.kvh = cfg.num_kv_heads
+        self.P = self.K + n_vision  # prefill slots
+        self.max_ids = cfg.vocab_size - 1 + self.K  # a frame never exceeds V ids (+ one chunk of slack)
+        self.L = max_slots + self.max_ids  # slack: frame-end windows never run off the end
+        B, L, K = batch, self.L, self.K
+        layers = cfg.num_layers
+        # fused projection weights (fewer, larger GEMMs)
+        self.w_qkv = [torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight, l.self_attn.v_proj.weight])
+                      for l in decoder.model.layers]
+        self.w_gu = [torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight]) for l in decoder.model.layers]
+
+        z = lambda *s, **k: torch.zeros(*s, device=dev, **k)  # noqa: E731
+        self.kc = z(layers, B, self.kvh, L, self.d, dtype=dt)
+        self.vc = z(layers, B, self.kvh, L, self.d, dtype=dt)
+        self.kvalid = z(B, L, dtype=torch.bool)
+        self.slot_idx = torch.arange(L, device=dev)
+        self.seq = z(1, dtype=torch.long)  # next free cache slot (shared by the batch)
+        self.count = z(B, dtype=torch.long)  # valid tokens so far per row (next position)
+        self.pend = torch.full((B, K), self.eos, device=dev, dtype=torch.long)
+        self.pend_len = z(1, dtype=torch.long)
+        self.vision = z(B, n_frames, n_vision, self.D, dtype=dt)
+        self.t = z(1, dtype=torch.long)
+        self.caps = z(n_frames, dtype=torch.long)
+        self.reqs = z(B, n_frames, dtype=torch.float32)
+        self.has_req = z(1, dtype=torch.bool)
+        # per-frame decode state
+        self.fids = torch.full((B, self.max_ids + K), self.eos, device=dev, dtype=torch.long)
+        self.n = z(1, dtype=torch.long)
+        self.cap = z(1, dtype=torch.long)
+        self.req = z(B, dtype=torch.float32)
+        self.banned = z(B, self.vocab, dtype=torch.bool)
+        self.unfinished = z(B, dtype=torch.bool)
+        self.first = z(1, dtype=torch.bool)
+        self.active = z(1, dtype=torch.bool)
+        self.frame_start = z(1, dtype=torch.long)
+        self.tail_pos = z(B, K, dtype=torch.long)
+        self.h = z(B, self.D, dtype=dt)
+        # clip outputs
+        self.out_ids = torch.full((B, n_frames, self.max_ids + K), self.eos, device=dev, dtype=torch.long)
+        self.out_n = z(n_frames, dtype=torch.long)
+        self.karange = torch.arange(K, device=dev)
+        self.parange = torch.arange(self.P, device=dev)
+        self.farange = torch.arange(self.max_ids + K, device=dev)
+
+        if use_graphs is None:
+            use_graphs = dev.type == "cuda"
+        self.graphs = None
+        if use_graphs:
+            self._capture()
+
+    # ------------------------------------------------------------------ decoder trunk
+    def _forward(self, x: torch.Tensor, positions: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
+        """Feed x (B, n, D) into slots start..start+n (validity already written); -> last hidden (B, D)."""
+        B, n, _ = x.shape
+        slots = start + torch.arange(n, device=x.device)
+        allowed = self.kvalid[:, None, None, :] & (self.slot_idx[None, None, None, :] <= slots[None, None, :, None])
+        allowed = allowed | (self.slot_idx[None, None, None, :] == slots[None, None, :, None])
+        cos, sin = rope_cos_sin(self.dec.inv_freq, positions, x.dtype)
+        H, kvh, d = self.H, self.kvh, self.d
+        for i, layer in enumerate(self.dec.model.layers):
+            a = layer.self_attn
+            hn = layer.input_layernorm(x)
+            q, k, v = F.linear(hn, self.w_qkv[i]).split([H * d, kvh * d, kvh * d], dim=-1)
+            q = apply_rope(q.view(B, n, H, d).transpose(1, 2), cos, sin)
+            k = apply_rope(k.view(B, n, kvh, d).transpose(1, 2), cos, sin)
+            self.kc[i].index_copy_(2, slots, k)
+            self.vc[i].index_copy_(2, slots, v.view(B, n, kvh, d).transpose(1, 2))
+            kk, vv = self.kc[i], self.vc[i]
+            if kvh != H:
+                kk, vv = kk.repeat_interleave(H // kvh, 1), vv.repeat_interleave(H // kvh, 1)
+            o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=allowed)
+            x = x + a.o_proj(o.transpose(1, 2).reshape(B, n, H * d))
+            hn = layer.post_attention_layernorm(x)
+            g, u = F.linear(hn, self.w_gu[i]).chunk(2, dim=-1)
+            x = x + layer.mlp.down_proj(F.silu(g) * u)
+        return self.dec.model.norm(x[:, -1])
+
+    # ------------------------------------------------------------------ phases
+    def prefill(self) -> None:
+        """Feed the pending chunk (holes masked) and frame t's vision tokens; start frame t."""
+        B, K = self.B, self.K
+        emb = self.dec.model.embed_tokens
+        vis = self.vision.index_select(1, self.t).squeeze(1)
+        x = torch.cat([emb(self.pend), vis], dim=1)
+        pend_valid = (self.karange[None, :] < self.pend_len) & (self.pend != self.eos)
+        valid = torch.cat([pend_valid, torch.ones(B, self.NV, dtype=torch.bool, device=x.device)], dim=1)
+        positions = self.count[:, None] + valid.long().cumsum(1) - 1
+        slots = self.seq + self.parange
+        self.kvalid.index_copy_(1, slots, valid)
+        self.h.copy_(self._forward(x, positions, self.seq))
+        self.count.add_(valid.sum(1))
+        self.tail_pos.copy_(positions[:, -K:])  # stale positions of every in-frame step (spec §5.6)
+        self.seq.add_(self.P)
+        self.frame_start.copy_(self.seq)
+        # frame state
+        self.n.zero_()
+        self.cap.copy_(self.caps.index_select(0, self.t))
+        self.req.copy_(self.reqs.index_select(1, self.t).squeeze(1))
+        self.banned.zero_()
+        self.banned[:, self.eos] = True
+        self.unfinished.fill_(True)
+        self.first.fill_(True)
+        self.active.fill_(True)
+        self.fids.fill_(self.eos)
+
+    def step(self) -> None:
+        """Choose the next chunk for every row, then feed it back; a no-op once the frame is done."""
+        B, K, eos = self.B, self.K, self.eos
+        logits, loss_pred = self.dec.heads(self.h)
+        scores = logits.masked_fill(self.banned[:, None, :], _NEG_INF)
+        rows = torch.arange(B, device=scores.device)
+        chunk_ban = torch.zeros(B, self.vocab, dtype=torch.bool, device=scores.device)
+        picks = []
+        for k in range(K):
+            tok = scores[:, k].masked_fill(chunk_ban, _NEG_INF).argmax(-1)
+            picks.append(tok)
+            chunk_ban[rows, tok] = True
+        chunk = torch.stack(picks, dim=1)
+        k_max = torch.clamp(self.cap - self.n, 0, K) * self.active  # slots this step emits
+        in_chunk = self.karange[None, :] < k_max
+        chunk = torch.where(self.unfinished[:, None], chunk, eos)
+        met = (loss_pred <= self.req[:, None]) & in_chunk & self.has_req
+        met = met & ~(self.first & (self.karange == 0))[None, :]
+        chunk = torch.where(met | ~in_chunk, eos, chunk)
+        hit_cap = self.n + K >= self.cap
+        self.unfinished.copy_(self.unfinished & ~met.any(1) & ~hit_cap & self.active)
+        self.fids.index_copy_(1, self.n + self.karange, chunk)
+        self.banned.scatter_(1, chunk, True)
+        self.n.add_(k_max)
+        self.first.copy_(self.first & ~self.active)
+        feed = self.active & self.unfinished.any()
+        # feed the chunk back with the frame's stale positions; every fed slot is visible in-frame
+        self.kvalid.index_copy_(1, self.seq + self.karange, feed.expand(B, K))
+        h = self._forward(self.dec.model.embed_tokens(chunk), self.tail_pos, self.seq)
+        self.h.copy_(torch.where(feed, h, self.h))
+        self.seq.add_(K * feed.long())
+        self.active.copy_(feed)
+
+    def end_frame(self) -> None:
+        """Mask the frame's fed pads for later frames, keep its last chunk pending, store ids."""
+        K, eos = self.K, self.eos
+        n = self.n
+        fed = K * torch.div(n - 1, K, rounding_mode="floor")
+        window = self.farange
+        ids_real = self.fids != eos
+        in_fed = window[None, :] < fed
+        # slots frame_start .. frame_start+fed-1 hold the fed chunks: visible only where not a pad
+        slots = self.frame_start + window
+        cur = self.kvalid.index_select(1, slots)
+        self.kvalid.index_copy_(1, slots, torch.where(in_fed, ids_real, cur))
+        self.count.add_((ids_real & in_fed).sum(1))
+        self.pend.copy_(self.fids.gather(1, (fed + self.karange).expand(self.B, K)))
+        self.pend_len.copy_(n - fed)
+        self.pend.masked_fill_(self.karange[None, :] >= self.pend_len, eos)
+        self.out_ids.index_copy_(1, self.t, self.fids[:, None])
+        self.out_n.index_copy_(0, self.t, n)
+        self.t.add_(1)
+
+    def reset(self) -> None:
+        self.kvalid.zero_()
+        self.seq.zero_()
+        self.count.zero_()
+        self.pend.fill_(self.eos)
+        self.pend_len.zero_()
+        self.t.zero_()
+        self.out_n.zero_()
+
+    # ------------------------------------------------------------------ graphs
+    def _capture(self) -> None:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):  # warm up outside the graph (cuBLAS handles, workspaces)
+            self.reset()
+            self.prefill()
+            self.step()
+            self.end_frame()
+            self.reset()
+        torch.cuda.current_stream().wait_stream(s)
+        self.graphs = {}
+        pool = None
+        for name in ("prefill", "step", "end_frame"):
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                getattr(self, name)()
+            pool = g.pool()
+            self.graphs[name] = g
+        self.reset()
+
+    def _run(self, name: str) -> None:
+        if self.graphs is None:
+            getattr(self, name)()
+        else:
+            self.graphs[name].replay()
+
+    # ------------------------------------------------------------------ driver
+    def decode(self, vision: torch.Tensor, caps: list[int], reqs: torch.Tensor | None):
+        """vision (B, T, NV, D); caps per frame; reqs (B, T) or None.
+        Returns (ids (B, N) local ids with EOS pads, counts (T,))."""
+        T = vision.shape[1]
+        if T > self.T or vision.shape[0] != self.B:
+            raise ValueError(f"vision: runner holds {self.B} rows x {self.T} frames, got {tuple(vision.shape[:2])}")
+        self.reset()
+        self.vision[:, :T].copy_(vision)
+        self.caps[:T].copy_(torch.tensor(caps, dtype=torch.long))
+        self.has_req.fill_(reqs is not None)
+        if reqs is not None:
+            self.reqs[:, :T].copy_(reqs)
+        for t in range(T):
+            self._run("prefill")
+            max_steps = max(1, math.ceil(caps[t] / self.K))
+            if reqs is None:
+                for _ in range(max_steps):  # no early stop: the step count is known
+                    self._run("step")
+            else:
+                done, group = 0, 1
+                while done < max_steps:
+                    for _ in range(min(group, max_steps - done)):
+                        self._run("step")
+                    done += group
+                    if not bool(self.active):  # one host check per group of steps
+                        break
+                    group *= 2
+            self._run("end_frame")
+        counts = self.out_n[:T].clone()
+        n_list = counts.tolist()
+        ids = torch.cat([self.out_ids[:, t, :n] for t, n in enumerate(n_list)], dim=1)
+        return ids, counts

@@ -1,0 +1,113 @@
+"""Gaze-model latency and throughput: reference PyTorch loop vs the fast path, same run.
+
+    python benchmarks/bench_gaze.py [--model DIR] [--reps 20] [--batches 64 256]
+
+Weights: the official fixture model (seeded random weights in the official format); inputs:
+random normalised videos. Configurations (16 frames of 224x224):
+  (a) gazing_ratio [0.75] + [0.0378]*15, no requirement: caps 198, then 10 per frame
+  (b) gazing_ratio 0.75, task_loss_requirement 0.7 (fixture case 1 settings)
+  (c) gazing_ratio 0.75, no requirement: 198 tokens in every frame (worst case)
+Exact fp32 (TF32 off). Times are CUDA-event medians after warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import card_name, median, peak_mib, save_json, time_ms  # noqa: E402
+
+import autogaze_ext as ag  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "a": dict(gazing_ratio=[0.75] + [0.0378] * 15),
+    "b": dict(gazing_ratio=0.75, task_loss_requirement=0.7),
+    "c": dict(gazing_ratio=0.75),
+}
+
+
+def default_model_dir() -> Path:
+    for c in [os.environ.get("AUTOGAZE_MODEL"), REPO / ".fixtures/official/model",
+              REPO.parent / "shared/fixtures/official/model"]:
+        if c and (Path(c) / "config.json").is_file():
+            return Path(c)
+    raise SystemExit("no model: pass --model DIR (a folder with config.json + model.safetensors)")
+
+
+def videos(B: int, n: int, device) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(B)
+    return [(torch.randn(B, 16, 3, 224, 224, generator=g) * 1.2).to(device) for _ in range(n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", type=Path, default=None)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--ref-reps", type=int, default=5)
+    ap.add_argument("--batches", type=int, nargs="*", default=[64, 256])
+    args = ap.parse_args()
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = ag.AutoGaze.from_pretrained(args.model or default_model_dir()).to(dev)
+    card = card_name()
+    print(f"card: {card}; torch {torch.__version__}; exact fp32 (TF32 off)")
+    results: dict = {"card": card, "torch": torch.__version__, "latency": {}, "throughput": {}}
+
+    # --- latency at B=1 ------------------------------------------------------------------
+    rows = []
+    for key, kw in CONFIGS.items():
+        vids = videos(1, 4, dev)
+        it = iter(range(10**9))
+        run = lambda backend: model.generate(vids[next(it) % len(vids)], backend=backend, **kw)  # noqa: E731
+        same = all(torch.equal(model.generate(v, backend="fast", **kw).gazing_pos,
+                               model.generate(v, backend="reference", **kw).gazing_pos) for v in vids[:2])
+        fast = median(time_ms(lambda: run("fast"), warmup=3, reps=args.reps))
+        ref = median(time_ms(lambda: run("reference"), warmup=1, reps=args.ref_reps))
+        mem = peak_mib(lambda: run("fast"))
+        out = model.generate(vids[0], backend="fast", **kw)
+        rows.append((key, ref, fast, ref / fast, mem, same, out.num_gazing_each_frame.tolist()[:3]))
+        results["latency"][key] = dict(reference_ms=ref, fast_ms=fast, speedup=ref / fast, peak_mib=mem,
+                                       ids_equal=same, slots=out.num_gazing_each_frame.tolist())
+
+    # --- µs per decode step at B=1 inside frame 0 ------------------------------------------
+    step_us = float("nan")
+    runner = model.__dict__.get("_fast_runners", {}).get((1, 16), (None, None, None))[2]
+    if runner is not None and runner.graphs is not None:
+        runner.reset()
+        runner.graphs["prefill"].replay()
+        step_us = median(time_ms(lambda: runner.graphs["step"].replay(), warmup=2, reps=20)) * 1e3
+    results["step_us_b1"] = step_us
+
+    # --- throughput for (a) ---------------------------------------------------------------
+    trows = []
+    for B in args.batches:
+        vid = videos(B, 1, dev)[0]
+        kw = CONFIGS["a"]
+        fast = median(time_ms(lambda: model.generate(vid, backend="fast", **kw), warmup=2, reps=max(5, args.reps // 4)))
+        ref = median(time_ms(lambda: model.generate(vid, backend="reference", **kw), warmup=1, reps=2)) \
+            if B <= 64 else float("nan")
+        mem = peak_mib(lambda: model.generate(vid, backend="fast", **kw))
+        trows.append((B, 1e3 * B / ref if ref == ref else float("nan"), 1e3 * B / fast, ref / fast, mem))
+        results["throughput"][B] = dict(reference_clips_s=trows[-1][1], fast_clips_s=trows[-1][2],
+                                        speedup=trows[-1][3], peak_mib=mem)
+
+    print("\nlatency per 16-frame clip, B=1 (ms, median)")
+    print(f"{'config':8} {'reference':>10} {'fast':>9} {'speedup':>8} {'peak MiB':>9} {'ids equal':>9}  slots")
+    for k, r, f, s, m, same, slots in rows:
+        print(f"({k})      {r:10.2f} {f:9.3f} {s:8.1f} {m:9.1f} {str(same):>9}  {slots}...")
+    print(f"\nfast decode step at B=1 in frame 0: {step_us:.1f} µs (median of graph replays)")
+    print("\nthroughput for (a), clips/s")
+    print(f"{'B':>5} {'reference':>10} {'fast':>9} {'speedup':>8} {'peak MiB':>9}")
+    for B, r, f, s, m in trows:
+        print(f"{B:5d} {r:10.1f} {f:9.1f} {s:8.1f} {m:9.1f}")
+    save_json("bench_gaze.json", results)
+
+
+if __name__ == "__main__":
+    main()

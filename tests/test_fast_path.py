@@ -1,0 +1,69 @@
+"""The fast decoder (static shapes, device-side selection) gives the reference path's ids."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import case_input, frames_equal_up_to_tie, random_video
+from test_model_behaviour import _model
+
+
+@pytest.mark.parametrize("kw", [
+    dict(gazing_ratio=0.75, task_loss_requirement=0.7),
+    dict(gazing_ratio=[0.2, 0.06, 0.06]),
+    dict(task_loss_requirement=0.7),
+    dict(gazing_ratio=1.0),
+])
+def test_fast_equals_official_on_fixture_frames(official, official_model, kw):
+    _, fx, meta = official
+    video = case_input(fx, meta["cases"][3])[:, :3]  # the clip and its mirror, 3 frames
+    ref = official_model.generate(video, **kw, backend="reference")
+    fast = official_model.generate(video, **kw, backend="fast")
+    assert fast.num_gazing_each_frame.tolist() == ref.num_gazing_each_frame.tolist()
+    assert torch.equal(fast.if_padded_gazing, ref.if_padded_gazing)
+    assert torch.equal(fast.gazing_pos, ref.gazing_pos)
+    for a, b in zip(fast.gazing_mask, ref.gazing_mask):
+        assert torch.equal(a, b)
+
+
+def test_fast_equals_official_case9_target_scales(official, official_model):
+    _, fx, meta = official
+    case = next(c for c in meta["cases"] if c["name"] == "case9")
+    out = official_model.generate(case_input(fx, case), **case["kwargs"], backend="fast")
+    assert torch.equal(out.gazing_pos, fx["case9/gazing_pos"])
+    assert torch.equal(out.if_padded_gazing, fx["case9/if_padded_gazing"].bool())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_equals_reference_random(seed):
+    m = _model(20 + seed)
+    video = random_video(3, 3, seed=30 + seed)
+    kw = dict(gazing_ratio=[0.12, 0.04, 0.3], task_loss_requirement=None if seed == 0 else 0.02)
+    margins: list = []
+    ref = m.generate(video, margins=margins, backend="reference", **kw)
+    fast = m.generate(video, backend="fast", **kw)
+    compared, cut = frames_equal_up_to_tie(ref, fast, margins)
+    assert cut is None or cut > 0
+
+
+def test_fast_runner_is_reused_and_edge_caps():
+    m = _model(3)
+    video = random_video(1, 2, seed=40)
+    a = m.generate(video, gazing_ratio=1 / 265, backend="fast")  # cap 1: one token per frame
+    assert a.num_gazing_each_frame.tolist() == [1, 1]
+    b = m.generate(video, gazing_ratio=1 / 265, backend="reference")
+    assert torch.equal(a.gazing_pos, b.gazing_pos)
+    n_runners = len(m._fast_runners)
+    m.generate(video, gazing_ratio=0.05, backend="fast")
+    assert len(m._fast_runners) == n_runners
+
+
+def test_fast_rejects_what_it_cannot_do():
+    m = _model(4)
+    v = random_video(1, 1, seed=41)
+    with pytest.raises(ValueError, match="backend"):
+        m.generate(v, gazing_ratio=0.1, backend="fast", return_state=True)
+    with pytest.raises(ValueError, match="backend"):
+        m.generate(v, gazing_ratio=0.1, backend="fast", do_sample=True)
+    with pytest.raises(ValueError, match="backend"):
+        m.generate(v, gazing_ratio=0.1, backend="gpu")
