@@ -67,7 +67,7 @@ class FastGazeRunner:
         self.pend_len = z(1, dtype=torch.long)
         self.vision = z(B, n_frames, n_vision, self.D, dtype=dt)
         self.t = z(1, dtype=torch.long)
-        self.caps = z(n_frames, dtype=torch.long)
+        self.caps = torch.ones(n_frames, device=dev, dtype=torch.long)
         self.reqs = z(B, n_frames, dtype=torch.float32)
         self.has_req = z(1, dtype=torch.bool)
         # per-frame decode state
@@ -187,7 +187,7 @@ class FastGazeRunner:
         """Mask the frame's fed pads for later frames, keep its last chunk pending, store ids."""
         K, eos = self.K, self.eos
         n = self.n
-        fed = K * torch.div(n - 1, K, rounding_mode="floor")
+        fed = K * torch.div((n - 1).clamp(min=0), K, rounding_mode="floor")
         window = self.farange
         ids_real = self.fids != eos
         in_fed = window[None, :] < fed
