@@ -155,13 +155,12 @@ class FastGazeRunner:
         B, K, eos = self.B, self.K, self.eos
         logits, loss_pred = self.dec.heads(self.h)
         scores = logits.masked_fill(self.banned[:, None, :], _NEG_INF)
-        rows = torch.arange(B, device=scores.device)
         chunk_ban = torch.zeros(B, self.vocab, dtype=torch.bool, device=scores.device)
         picks = []
         for k in range(K):
             tok = scores[:, k].masked_fill(chunk_ban, _NEG_INF).argmax(-1)
             picks.append(tok)
-            chunk_ban[rows, tok] = True
+            chunk_ban.scatter_(1, tok[:, None], True)
         chunk = torch.stack(picks, dim=1)
         k_max = torch.clamp(self.cap - self.n, 0, K) * self.active  # slots this step emits
         in_chunk = self.karange[None, :] < k_max
