@@ -115,12 +115,29 @@ class FastGazeRunner:
             kk, vv = self.kc[i], self.vc[i]
             if kvh != H:
                 kk, vv = kk.repeat_interleave(H // kvh, 1), vv.repeat_interleave(H // kvh, 1)
-            o = F.scaled_dot_product_attention(q, kk, vv, attn_mask=allowed)
+            o = self._attend(q, kk, vv, allowed)
             x = x + a.o_proj(o.transpose(1, 2).reshape(B, n, H * d))
             hn = layer.post_attention_layernorm(x)
             g, u = F.linear(hn, self.w_gu[i]).chunk(2, dim=-1)
             x = x + layer.mlp.down_proj(F.silu(g) * u)
         return self.dec.model.norm(x[:, -1])
+
+    @staticmethod
+    def _attend(q, k, v, allowed, rows_per_chunk: int = 32) -> torch.Tensor:
+        """Softmax attention over the whole static cache as batched GEMMs (fp32, exact mode).
+
+        Fused attention kernels parallelise over queries, and a step has only 10: they would run
+        a handful of thread blocks over thousands of keys. GEMMs split the key axis instead.
+        Rows are processed in chunks to bound the (rows, H, n, L) score tensor.
+        """
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        outs = []
+        for r in range(0, q.shape[0], rows_per_chunk):
+            sl = slice(r, r + rows_per_chunk)
+            s = torch.matmul(q[sl], k[sl].transpose(-1, -2)) * scale
+            s = s.masked_fill(~allowed[sl], _NEG_INF)
+            outs.append(torch.matmul(torch.softmax(s, dim=-1), v[sl]))
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
     # ------------------------------------------------------------------ phases
     def prefill(self) -> None:
