@@ -48,7 +48,8 @@ class FastGazeRunner:
         self.kvh = cfg.num_kv_heads
         self.P = self.K + n_vision  # prefill slots
         self.max_ids = cfg.vocab_size - 1 + self.K  # a frame never exceeds V ids (+ one chunk of slack)
-        self.L = max_slots + self.max_ids  # slack: frame-end windows never run off the end
+        # slack: frame-end windows never run off the end; a multiple of 256 for the split-K p @ v
+        self.L = 256 * math.ceil((max_slots + self.max_ids) / 256)
         B, L, K = batch, self.L, self.K
         layers = cfg.num_layers
         # fused projection weights (fewer, larger GEMMs)
@@ -136,7 +137,14 @@ class FastGazeRunner:
             sl = slice(r, r + rows_per_chunk)
             s = torch.matmul(q[sl], k[sl].transpose(-1, -2)) * scale
             s = s.masked_fill(~allowed[sl], _NEG_INF)
-            outs.append(torch.matmul(torch.softmax(s, dim=-1), v[sl]))
+            p = torch.softmax(s, dim=-1)
+            # p @ v reduces over thousands of keys into a few outputs: split the key axis into
+            # blocks, multiply per block, then sum (a split-K GEMM the library does not pick)
+            R, H, n, L = p.shape
+            blk = 256 if L % 256 == 0 else L
+            pv = torch.matmul(p.view(R, H, n, L // blk, blk).transpose(2, 3),
+                              v[sl].view(R, H, L // blk, blk, v.shape[-1]))
+            outs.append(pv.sum(dim=2))
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
     # ------------------------------------------------------------------ phases
