@@ -19,6 +19,18 @@
 TORCH_LIBRARY(autogaze_ext, m) {
   // Video-global gaze ids -> (B, T, V) float mask and (B, N, 4) int32 (frame, scale, row, col); spec §3.2-3.3.
   m.def("gaze_decode(Tensor gazing_pos, Tensor if_padded, int num_frames, int[] grids) -> (Tensor mask, Tensor coords)");
+
+  // Decoder building blocks for the fast gaze decoding path (spec §4.3, §5). All fp32.
+  // y = [silu(a) * b for a, b = halves of] (rmsnorm(x) * norm_weight) @ weight^T  [+ residual]
+  m.def("fused_linear(Tensor x, Tensor weight, Tensor? norm_weight, float eps, Tensor? residual, bool swiglu) -> Tensor");
+  // RoPE (rotate-half) on q and k of a packed qkv projection, k and v written into the caches at
+  // slots start..start+n-1 (start: a 1-element int64 tensor on the device); returns rotated q (B, H, n, d).
+  m.def("rope_cache_write(Tensor qkv, Tensor positions, Tensor inv_freq, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor start, int num_heads, int num_kv_heads) -> Tensor");
+  // Softmax attention of queries at slots start+i over cached keys j <= start+i that are valid (or j == start+i).
+  m.def("cache_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor key_valid, Tensor start) -> Tensor");
+  // One decode step's token choice on the device (spec §5.4): per-head argmax with bans, pads, task-loss
+  // stop, cap; updates the frame state in place and returns the chunk to feed back (B, K).
+  m.def("select_step(Tensor logits, Tensor loss_pred, Tensor cap, Tensor req, Tensor has_req, Tensor(a!) banned, Tensor(b!) unfinished, Tensor(c!) fids, Tensor(d!) n, Tensor(e!) first, Tensor(f!) active) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, m) {
