@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--ref-reps", type=int, default=5)
-    ap.add_argument("--batches", type=int, nargs="*", default=[64, 256])
+    ap.add_argument("--batches", type=int, nargs="*", default=[16, 64, 256])
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -79,6 +79,8 @@ class AutoGaze(nn.Module):
     loading); move it with ``.to()`` as usual.
     """
 
+    FAST_AUTO_MAX_BATCH = 16  # rows (clips x tiles) up to which backend="auto" picks the fast path
+
     def __init__(self, config: AutoGazeConfig | None = None):
         super().__init__()
         self.config = config or AutoGazeConfig()
@@ -252,7 +254,10 @@ class AutoGaze(nn.Module):
         if backend == "fast" and not fast_ok:
             raise ValueError("backend: 'fast' decodes greedy static clips only (no state, sampling, margins "
                              "or cached=False); use backend='reference'")
-        use_fast = backend == "fast" or (backend == "auto" and fast_ok and video.is_cuda)
+        # auto: the fast path wins at small batch; at large batch the reference loop's larger GEMMs
+        # are faster for now (benchmarks/RESULTS.md)
+        use_fast = backend == "fast" or (backend == "auto" and fast_ok and video.is_cuda
+                                         and B <= self.FAST_AUTO_MAX_BATCH)
 
         ctx = exact_fp32() if video.is_cuda else contextlib.nullcontext()
         with ctx:
