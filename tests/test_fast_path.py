@@ -67,3 +67,24 @@ def test_fast_rejects_what_it_cannot_do():
         m.generate(v, gazing_ratio=0.1, backend="fast", do_sample=True)
     with pytest.raises(ValueError, match="backend"):
         m.generate(v, gazing_ratio=0.1, backend="gpu")
+
+
+@pytest.mark.parametrize("req", [None, 0.02])
+def test_fast_runner_ops_and_torch_paths_agree(req):
+    """The compiled decoder ops and the PyTorch ops inside the fast runner make the same choices."""
+    from autogaze_ext.model.fast import FastGazeRunner, _slot_budget, custom_ops_available
+
+    if not custom_ops_available(torch.device("cpu")):
+        pytest.skip("compiled decoder ops not built")
+    m = _model(5)
+    B, caps = 2, [30, 12, 25]
+    video = random_video(B, 3, seed=50)
+    vision, _ = m.gazing_model.embed_video(video)
+    reqs = None if req is None else torch.full((B, 3), req)
+    outs = []
+    for use_ops in (False, True):
+        r = FastGazeRunner(m.gazing_model.gaze_decoder, B, 3, vision.shape[2], _slot_budget(caps, 196, 10),
+                           use_graphs=False, use_ops=use_ops)
+        with torch.no_grad():
+            outs.append(r.decode(vision, caps, reqs))
+    assert torch.equal(outs[0][1], outs[1][1]) and torch.equal(outs[0][0], outs[1][0])

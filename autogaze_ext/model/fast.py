@@ -29,6 +29,22 @@ from .decoder import GazeDecoder, apply_rope, rope_cos_sin
 _NEG_INF = float("-inf")
 
 
+_OPS = ("fused_linear", "rope_cache_write", "cache_attention", "select_step")
+
+
+def custom_ops_available(device: torch.device) -> bool:
+    """True when the compiled decoder ops have kernels for this device type."""
+    from .. import _ops
+
+    if not _ops.HAS_EXTENSION or (device.type == "cuda" and not _ops.HAS_CUDA_KERNELS):
+        return False
+    key = "CUDA" if device.type == "cuda" else "CPU"
+    try:
+        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"autogaze_ext::{op}", key) for op in _OPS)
+    except RuntimeError:  # a module built before these ops existed
+        return False
+
+
 def _slot_budget(caps: list[int], n_vision: int, K: int) -> int:
     """Cache slots a clip can use: per frame the 10+196 prefill slots plus every fed chunk."""
     return sum(K + n_vision + K * (max(1, math.ceil(c / K)) - 1) for c in caps)
@@ -38,7 +54,7 @@ class FastGazeRunner:
     """Decodes clips of a fixed batch size and slot budget; reusable across calls."""
 
     def __init__(self, decoder: GazeDecoder, batch: int, n_frames: int, n_vision: int, max_slots: int,
-                 use_graphs: bool | None = None):
+                 use_graphs: bool | None = None, use_ops: bool | None = None):
         cfg = decoder.cfg
         p = next(decoder.parameters())
         dev, dt = p.device, p.dtype
@@ -56,6 +72,9 @@ class FastGazeRunner:
         self.w_qkv = [torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight, l.self_attn.v_proj.weight])
                       for l in decoder.model.layers]
         self.w_gu = [torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight]) for l in decoder.model.layers]
+        self.w_heads = torch.cat([decoder.lm_head.weight, decoder.task_loss_prediction_head.weight])
+        # compiled decoder ops (fused_linear, rope_cache_write, cache_attention, select_step) when built
+        self.use_ops = custom_ops_available(dev) if use_ops is None else use_ops
 
         z = lambda *s, **k: torch.zeros(*s, device=dev, **k)  # noqa: E731
         self.kc = z(layers, B, self.kvh, L, self.d, dtype=dt)
@@ -98,7 +117,42 @@ class FastGazeRunner:
 
     # ------------------------------------------------------------------ decoder trunk
     def _forward(self, x: torch.Tensor, positions: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Feed x (B, n, D) into slots start..start+n (validity already written); -> last hidden (B, D)."""
+        """Feed x (B, n, D) into slots start..start+n (validity already written); -> the last token's
+        hidden state before the final norm (B, D)."""
+        if self.use_ops:
+            return self._forward_ops(x, positions, start)
+        return self._forward_torch(x, positions, start)
+
+    def _forward_ops(self, x, positions, start):
+        ops = torch.ops.autogaze_ext
+        B, n, D = x.shape
+        H, kvh = self.H, self.kvh
+        x2 = x.reshape(B * n, D)
+        for i, layer in enumerate(self.dec.model.layers):
+            qkv = ops.fused_linear(x2, self.w_qkv[i], layer.input_layernorm.weight, layer.input_layernorm.eps,
+                                   None, False)
+            q = ops.rope_cache_write(qkv.view(B, n, -1), positions, self.dec.inv_freq, self.kc[i], self.vc[i],
+                                     start, H, kvh)
+            o = ops.cache_attention(q, self.kc[i], self.vc[i], self.kvalid, start)
+            o = o.transpose(1, 2).reshape(B * n, H * self.d)
+            x2 = ops.fused_linear(o, layer.self_attn.o_proj.weight, None, 0.0, x2, False)
+            m = layer.mlp
+            a = ops.fused_linear(x2, self.w_gu[i], layer.post_attention_layernorm.weight,
+                                 layer.post_attention_layernorm.eps, None, True)
+            x2 = ops.fused_linear(a, m.down_proj.weight, None, 0.0, x2, False)
+        return x2.view(B, n, D)[:, -1]
+
+    def _heads(self, h: torch.Tensor):
+        """Final norm + multi-token head + loss head: (B, D) -> logits (B, K, vocab), losses (B, K)."""
+        B = h.shape[0]
+        if self.use_ops:
+            norm = self.dec.model.norm
+            out = torch.ops.autogaze_ext.fused_linear(h.contiguous(), self.w_heads, norm.weight, norm.eps, None, False)
+            split = self.K * self.vocab
+            return out[:, :split].view(B, self.K, self.vocab), out[:, split:]
+        return self.dec.heads(self.dec.model.norm(h))
+
+    def _forward_torch(self, x, positions, start):
         B, n, _ = x.shape
         slots = start + torch.arange(n, device=x.device)
         allowed = self.kvalid[:, None, None, :] & (self.slot_idx[None, None, None, :] <= slots[None, None, :, None])
@@ -121,7 +175,7 @@ class FastGazeRunner:
             hn = layer.post_attention_layernorm(x)
             g, u = F.linear(hn, self.w_gu[i]).chunk(2, dim=-1)
             x = x + layer.mlp.down_proj(F.silu(g) * u)
-        return self.dec.model.norm(x[:, -1])
+        return x[:, -1]
 
     @staticmethod
     def _attend(q, k, v, allowed, rows_per_chunk: int = 32) -> torch.Tensor:
@@ -178,7 +232,13 @@ class FastGazeRunner:
     def step(self) -> None:
         """Choose the next chunk for every row, then feed it back; a no-op once the frame is done."""
         B, K, eos = self.B, self.K, self.eos
-        logits, loss_pred = self.dec.heads(self.h)
+        logits, loss_pred = self._heads(self.h)
+        if self.use_ops:
+            chunk = torch.ops.autogaze_ext.select_step(
+                logits.contiguous(), loss_pred.contiguous(), self.cap, self.req, self.has_req,
+                self.banned, self.unfinished, self.fids, self.n, self.first, self.active)
+            self._feed(chunk, self.active)
+            return
         scores = logits.masked_fill(self.banned[:, None, :], _NEG_INF)
         chunk_ban = torch.zeros(B, self.vocab, dtype=torch.bool, device=scores.device)
         picks = []
@@ -200,12 +260,17 @@ class FastGazeRunner:
         self.n.add_(k_max)
         self.first.copy_(self.first & ~self.active)
         feed = self.active & self.unfinished.any()
-        # feed the chunk back with the frame's stale positions; every fed slot is visible in-frame
+        self.active.copy_(feed)
+        self._feed(chunk, feed)
+
+    def _feed(self, chunk: torch.Tensor, feed: torch.Tensor) -> None:
+        """Feed the chunk back with the frame's stale positions (every fed slot is visible inside
+        the frame); when ``feed`` is false nothing observable changes."""
+        B, K = self.B, self.K
         self.kvalid.index_copy_(1, self.seq + self.karange, feed.expand(B, K))
         h = self._forward(self.dec.model.embed_tokens(chunk), self.tail_pos, self.seq)
         self.h.copy_(torch.where(feed, h, self.h))
         self.seq.add_(K * feed.long())
-        self.active.copy_(feed)
 
     def end_frame(self) -> None:
         """Mask the frame's fed pads for later frames, keep its last chunk pending, store ids."""
