@@ -1,0 +1,105 @@
+"""Pictures of a gaze: per-scale coloured overlays, side-by-side reconstructions, MP4/PNG writers."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+# one colour per scale, coarse to fine (RGB): blue, green, orange, red
+SCALE_COLOURS = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (234, 67, 53)]
+
+
+def overlay(frame: np.ndarray, boxes, alpha: float = 0.35, dim: float = 0.45) -> np.ndarray:
+    """Dims what was not gazed, tints what was (colour by scale) and outlines each box.
+    frame (H, W, 3) uint8; boxes [(x0, y0, x1, y1, scale_index)] in pixels."""
+    H, W, _ = frame.shape
+    out = frame.astype(np.float32)
+    gazed = np.zeros((H, W), bool)
+    tint = np.zeros((H, W, 3), np.float32)
+    tinted = np.zeros((H, W), bool)
+    for x0, y0, x1, y1, s in sorted(boxes, key=lambda b: b[4]):  # finer scales drawn last, on top
+        xa, ya, xb, yb = int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))
+        xa, ya, xb, yb = max(0, xa), max(0, ya), min(W, max(xa + 1, xb)), min(H, max(ya + 1, yb))
+        gazed[ya:yb, xa:xb] = True
+        tint[ya:yb, xa:xb] = SCALE_COLOURS[s % len(SCALE_COLOURS)]
+        tinted[ya:yb, xa:xb] = True
+    out[~gazed] *= dim
+    out[tinted] = (1 - alpha) * out[tinted] + alpha * tint[tinted]
+    for x0, y0, x1, y1, s in boxes:  # outlines
+        xa, ya = max(0, int(round(x0))), max(0, int(round(y0)))
+        xb, yb = min(W - 1, int(round(x1)) - 1), min(H - 1, int(round(y1)) - 1)
+        c = SCALE_COLOURS[s % len(SCALE_COLOURS)]
+        out[ya, xa:xb + 1] = c
+        out[yb, xa:xb + 1] = c
+        out[ya:yb + 1, xa] = c
+        out[ya:yb + 1, xb] = c
+    return out.clip(0, 255).astype(np.uint8)
+
+
+def side_by_side(*images: np.ndarray, gap: int = 4) -> np.ndarray:
+    """Images of one height next to each other with a white gap."""
+    H = images[0].shape[0]
+    parts = []
+    for i, im in enumerate(images):
+        if im.shape[0] != H:
+            raise ValueError("side_by_side: images must have one height")
+        parts.append(im)
+        if i < len(images) - 1:
+            parts.append(np.full((H, gap, 3), 255, np.uint8))
+    return np.concatenate(parts, axis=1)
+
+
+def legend(scales, height: int = 18) -> list[tuple[str, tuple]]:
+    return [(f"{s}px", SCALE_COLOURS[i % len(SCALE_COLOURS)]) for i, s in enumerate(scales)]
+
+
+class VideoWriter:
+    """MP4 through PyAV (H.264 when the build has it, MPEG-4 otherwise); frames of one size."""
+
+    def __init__(self, path: str, fps: float = 25.0):
+        import av
+
+        self.path = os.fspath(path)
+        d = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(d):
+            raise FileNotFoundError(f"out: folder {d!r} does not exist")
+        self._av = av
+        self.container = av.open(self.path, mode="w")
+        self.fps = max(1, int(round(fps or 25)))
+        self.stream = None
+
+    def write(self, frame: np.ndarray) -> None:
+        av = self._av
+        H, W = frame.shape[:2]
+        if self.stream is None:
+            for codec in ("libx264", "h264", "mpeg4"):
+                try:
+                    self.stream = self.container.add_stream(codec, rate=self.fps)
+                    break
+                except (av.error.FFmpegError, ValueError, av.codec.codec.UnknownCodecError):
+                    continue
+            if self.stream is None:
+                raise RuntimeError("out: this PyAV build has no MP4 video encoder")
+            self.stream.width, self.stream.height = W - W % 2, H - H % 2  # yuv420p wants even sizes
+            self.stream.pix_fmt = "yuv420p"
+        frame = frame[: self.stream.height, : self.stream.width]
+        for packet in self.stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            self.container.mux(packet)
+
+    def close(self) -> None:
+        if self.stream is not None:
+            for packet in self.stream.encode():
+                self.container.mux(packet)
+        self.container.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def save_png(path: str, image: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(image).save(path)
