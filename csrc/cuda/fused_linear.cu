@@ -1,0 +1,257 @@
+// fused_linear on the GPU: a tiled fp32 SIMT GEMM (plain FMA, no TF32) with the RMSNorm prologue and the
+// SwiGLU / residual epilogue fused in.
+//
+// Why not cuBLAS: at the decode sizes (M = 10..2560, K = 192/384) fp32 cuBLAS launches a handful of thread
+// blocks and takes ~50 us for what is ~1 us of work. Here the tile shape is picked from M at launch so that
+// even M = 10 spreads over dozens of blocks, and (small tile, K <= 256) a block has all of K in flight at once.
+//
+// Block = BM rows x BNW weight rows. Weight tiles and x tiles stream through shared memory with a
+// cp.async pipeline (STAGES deep); each thread owns a TM x TNW register micro-tile. With swiglu a block
+// computing output columns [c, c+BNO) loads both the gate rows c.. and the up rows N/2+c.., and every thread
+// holds the gate and the up accumulator of each of its columns, so the epilogue pairs them in registers.
+#include <atomic>
+#include <climits>
+#include <cstdint>
+
+#include "cuda/fused_linear.h"
+
+namespace autogaze_ext {
+namespace {
+
+template <int BM_, int BNW_, int TM_, int TNW_, int BK_, int STAGES_, int MIN_BLOCKS_>
+struct Tile {
+  static constexpr int BM = BM_, BNW = BNW_, TM = TM_, TNW = TNW_, BK = BK_, STAGES = STAGES_;
+  static constexpr int MIN_BLOCKS = MIN_BLOCKS_;  // resident blocks per SM asked of the register allocator
+  static constexpr int TY = BM / TM, TX = BNW / TNW, THREADS = TX * TY;
+  // Rows padded by 4 floats: rows stay 16-byte aligned for cp.async/float4, and the 8 lanes of one
+  // 128-bit shared load phase, which read 8 consecutive rows, land on distinct banks.
+  static constexpr int LDK = BK + 4;
+  static constexpr int STAGE_FLOATS = (BM + BNW) * LDK;
+  static_assert(BM % TM == 0 && BNW % TNW == 0 && BK % 4 == 0 && TNW % 2 == 0, "tile shape");
+  static_assert(TX % 8 == 0, "8 consecutive lanes must share one row of x and read 8 distinct weight rows");
+  static_assert(STAGES >= 2, "pipeline depth");
+  static_assert((STAGES * STAGE_FLOATS + BM) * 4 <= 48 * 1024, "static shared memory limit");
+};
+
+// M <= a few dozen: tiny tiles for many blocks; 4 stages of 64 put all of K = 192 in flight at once.
+using SmallTile = Tile<16, 16, 1, 2, 64, 4, 4>;   // 128 threads, 35 KB smem
+using MediumTile = Tile<32, 64, 4, 4, 32, 3, 3>;  // 128 threads, 41 KB smem, 4x4 micro-tiles
+// 8x8 micro-tiles, ~250 registers: 2 blocks (8 warps) per SM. A tighter register cap spills (ptxas hoists
+// all shared loads of the unrolled tile).
+using LargeTile = Tile<64, 128, 8, 8, 16, 3, 2>;
+
+template <int BYTES>
+__device__ __forceinline__ void cp_async_zfill(float* smem_dst, const float* gmem_src, bool valid) {
+  // src-size 0 copies nothing and zero-fills the destination: K tails read as 0 (gmem_src stays a valid address).
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  const int src_bytes = valid ? BYTES : 0;
+  if constexpr (BYTES == 16) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes)
+                 : "memory");
+  } else {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(gmem_src), "n"(BYTES),
+                 "r"(src_bytes)
+                 : "memory");
+  }
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+template <int PENDING>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+
+// P = 2 for swiglu (gate + up accumulators per output column), else 1. VEC = floats per cp.async: 4 needs
+// K % 4 == 0 and 16-byte aligned x and weight, 1 works for anything.
+template <class T, int P, int VEC>
+__global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
+    fused_linear_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ nw,
+                        float eps, const float* __restrict__ res, float* __restrict__ out, int64_t M, int K,
+                        int n_out, int64_t m_tiles) {
+  constexpr int BM = T::BM, BNW = T::BNW, TM = T::TM, TNW = T::TNW, BK = T::BK, STAGES = T::STAGES;
+  constexpr int TX = T::TX, TY = T::TY, THREADS = T::THREADS, LDK = T::LDK;
+  constexpr int BNO = BNW / P, TNO = TNW / P;  // output columns per block / per thread
+  constexpr int CPR = BK / VEC;                // copies per tile row
+  static_assert((BM * CPR) % THREADS == 0 && (BNW * CPR) % THREADS == 0 && (BM * BK) % THREADS == 0,
+                "copies and the norm pass must split evenly over the threads");
+
+  __shared__ __align__(16) float smem[STAGES * T::STAGE_FLOATS];
+  __shared__ float s_inv[BM];
+
+  // 1-D grid, row tiles fastest: consecutive blocks share one weight tile.
+  const int64_t m0 = (static_cast<int64_t>(blockIdx.x) % m_tiles) * BM;
+  const int n0 = static_cast<int>(static_cast<int64_t>(blockIdx.x) / m_tiles) * BNO;
+  const int tid = static_cast<int>(threadIdx.x), tx = tid % TX, ty = tid / TX;
+  const int k_tiles = (K + BK - 1) / BK;
+
+  auto load_tile = [&](int kt, int stage) {
+    float* xs = smem + stage * T::STAGE_FLOATS;
+    float* ws = xs + BM * LDK;
+    const int k0 = kt * BK;
+#pragma unroll
+    for (int i = 0; i < BM * CPR / THREADS; ++i) {
+      const int c = tid + i * THREADS, r = c / CPR, k = k0 + (c % CPR) * VEC;
+      // Rows past M re-read row M-1 (in bounds); their results are never stored.
+      const float* row = x + (m0 + r < M ? m0 + r : M - 1) * K;
+      cp_async_zfill<4 * VEC>(xs + r * LDK + (k - k0), k < K ? row + k : row, k < K);
+    }
+#pragma unroll
+    for (int i = 0; i < BNW * CPR / THREADS; ++i) {
+      const int c = tid + i * THREADS, r = c / CPR, k = k0 + (c % CPR) * VEC;
+      // Local weight row r = part * BNO + column; part 1 (swiglu's up half) lives n_out rows further down.
+      const int part = r / BNO, col = min(n0 + r % BNO, n_out - 1);
+      const float* row = w + static_cast<int64_t>(part * n_out + col) * K;
+      cp_async_zfill<4 * VEC>(ws + r * LDK + (k - k0), k < K ? row + k : row, k < K);
+    }
+  };
+
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    if (s < k_tiles) load_tile(s, s);
+    cp_async_commit();  // one group per stage, even if empty, keeps wait_group's count uniform
+  }
+
+  if (nw != nullptr) {
+    // Inverse RMS of this block's rows, one warp per row, while the first tiles are in flight.
+    const int warp = tid / 32, lane = tid % 32;
+    for (int r = warp; r < BM; r += THREADS / 32) {
+      const float* row = x + (m0 + r < M ? m0 + r : M - 1) * K;
+      float ss = 0.0f;
+      for (int k = lane; k < K; k += 32) {
+        const float v = __ldg(row + k);
+        ss = fmaf(v, v, ss);
+      }
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+      if (lane == 0) s_inv[r] = 1.0f / sqrtf(ss / static_cast<float>(K) + eps);
+    }
+  }
+
+  float acc[TM][TNW];
+#pragma unroll
+  for (int i = 0; i < TM; ++i)
+#pragma unroll
+    for (int j = 0; j < TNW; ++j) acc[i][j] = 0.0f;
+
+  for (int kt = 0; kt < k_tiles; ++kt) {
+    cp_async_wait<STAGES - 2>();  // tile kt has landed (for this thread's copies) ...
+    __syncthreads();              // ... for everyone's, and stage (kt-1) % STAGES is free again
+    if (kt + STAGES - 1 < k_tiles) load_tile(kt + STAGES - 1, (kt + STAGES - 1) % STAGES);
+    cp_async_commit();
+
+    float* xs = smem + (kt % STAGES) * T::STAGE_FLOATS;
+    const float* ws = xs + BM * LDK;
+    if (nw != nullptr) {
+      // HF order: norm_weight * (x * inv_rms). Zero-filled K tail stays 0 (and nw is not read past K).
+      const int k0 = kt * BK;
+#pragma unroll
+      for (int i = 0; i < BM * BK / THREADS; ++i) {
+        const int e = tid + i * THREADS, r = e / BK, k = e % BK;
+        if (k0 + k < K) xs[r * LDK + k] = __ldg(nw + k0 + k) * (xs[r * LDK + k] * s_inv[r]);
+      }
+      __syncthreads();
+    }
+
+#pragma unroll
+    for (int k = 0; k < BK; k += 4) {
+      float4 a[TM];
+#pragma unroll
+      for (int i = 0; i < TM; ++i) a[i] = *reinterpret_cast<const float4*>(xs + (ty + i * TY) * LDK + k);
+#pragma unroll
+      for (int j = 0; j < TNW; ++j) {
+        const int row = (j / TNO) * BNO + tx + (j % TNO) * TX;
+        const float4 b = *reinterpret_cast<const float4*>(ws + row * LDK + k);
+        // Each accumulator sums k in increasing order: a plain fp32 dot product.
+#pragma unroll
+        for (int i = 0; i < TM; ++i) {
+          float s = acc[i][j];
+          s = fmaf(a[i].x, b.x, s);
+          s = fmaf(a[i].y, b.y, s);
+          s = fmaf(a[i].z, b.z, s);
+          s = fmaf(a[i].w, b.w, s);
+          acc[i][j] = s;
+        }
+      }
+    }
+  }
+
+  // Epilogue: consecutive threads write consecutive columns (coalesced).
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int64_t m = m0 + ty + i * TY;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < TNO; ++j) {
+      const int c = n0 + tx + j * TX;
+      if (c >= n_out) continue;
+      float v = acc[i][j];
+      if constexpr (P == 2) {
+        const float g = acc[i][j], u = acc[i][TNO + j];
+        v = g / (1.0f + expf(-g)) * u;
+      }
+      const int64_t o = m * n_out + c;
+      if (res != nullptr) v = res[o] + v;
+      out[o] = v;
+    }
+  }
+}
+
+template <class T, int P, int VEC>
+cudaError_t launch(const float* x, const float* w, const float* nw, float eps, const float* res, float* out,
+                   int64_t M, int64_t K, int64_t n_out, cudaStream_t stream) {
+  constexpr int BNO = T::BNW / P;
+  const int64_t m_tiles = (M + T::BM - 1) / T::BM;
+  const int64_t blocks = m_tiles * ((n_out + BNO - 1) / BNO);
+  if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
+  fused_linear_kernel<T, P, VEC><<<static_cast<unsigned>(blocks), T::THREADS, 0, stream>>>(
+      x, w, nw, eps, res, out, M, static_cast<int>(K), static_cast<int>(n_out), m_tiles);
+  return cudaGetLastError();
+}
+
+template <int P>
+cudaError_t dispatch(const float* x, const float* w, const float* nw, float eps, const float* res, float* out,
+                     int64_t M, int64_t K, int64_t n_out, int num_sms, cudaStream_t stream) {
+  const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  if (K % 4 != 0 || !aligned(x) || !aligned(w))  // rows not 16-byte aligned: 4-byte copies, correctness only
+    return launch<SmallTile, P, 1>(x, w, nw, eps, res, out, M, K, n_out, stream);
+  const auto blocks = [&](int bm, int bno) { return ((M + bm - 1) / bm) * ((n_out + bno - 1) / bno); };
+  // Biggest tile that still gives every SM work: 8x8 micro-tiles once there are >= 2 blocks per SM,
+  // 4x4 once there is >= 1, else the 16x16 tile (decode steps, M ~ 10) for as many blocks as possible.
+  if (blocks(LargeTile::BM, LargeTile::BNW / P) >= 2 * static_cast<int64_t>(num_sms))
+    return launch<LargeTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
+  if (blocks(MediumTile::BM, MediumTile::BNW / P) >= num_sms)
+    return launch<MediumTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
+  return launch<SmallTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
+}
+
+// SM count of the current device, looked up once per device (cudaDeviceGetAttribute is capture-safe,
+// but there is no need to ask on every call).
+int current_sm_count() {
+  static std::atomic<int> cache[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return 132;
+  if (dev >= 0 && dev < 64) {
+    const int v = cache[dev].load(std::memory_order_relaxed);
+    if (v > 0) return v;
+  }
+  int v = 0;
+  if (cudaDeviceGetAttribute(&v, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || v <= 0) v = 132;
+  if (dev >= 0 && dev < 64) cache[dev].store(v, std::memory_order_relaxed);
+  return v;
+}
+
+}  // namespace
+
+cudaError_t launch_fused_linear(const float* x, const float* weight, const float* norm_weight, float eps,
+                                const float* residual, bool swiglu, int64_t M, int64_t K, int64_t N, float* out,
+                                cudaStream_t stream) {
+  if (M <= 0) return cudaSuccess;
+  if (K < 1 || K > kFusedLinearMaxK || N < 1 || N > INT_MAX / 2 || (swiglu && N % 2 != 0))
+    return cudaErrorInvalidValue;
+  const int sms = current_sm_count();
+  if (swiglu) return dispatch<2>(x, weight, norm_weight, eps, residual, out, M, K, N / 2, sms, stream);
+  return dispatch<1>(x, weight, norm_weight, eps, residual, out, M, K, N, sms, stream);
+}
+
+}  // namespace autogaze_ext
