@@ -97,7 +97,7 @@ def init_frame(B, *, K=K, V=V, cap, req, has_req, F=None, device="cpu"):
     F = V - 1 + 2 * K if F is None else F
     banned = torch.zeros(B, V, dtype=torch.bool, device=device)
     banned[:, V - 1] = True
-    return dict(cap=torch.tensor([cap], device=device), req=req.to(device),
+    return dict(cap=torch.tensor([cap], device=device), req=req.to(device, copy=True),
                 has_req=torch.tensor([has_req], device=device), banned=banned,
                 unfinished=torch.ones(B, dtype=torch.bool, device=device),
                 fids=torch.full((B, F), V - 1, dtype=torch.long, device=device),

@@ -127,10 +127,16 @@ __global__ void __launch_bounds__(32 * kMaxWarps)
 
   // B. heads in order. Removing slots that are not a lane's first maximum cannot change it, so a lane
   // rescans only when its cached best was picked by an earlier head (its score now reads -inf).
+  uint32_t next_key = cache_key[lane];  // the cache does not depend on picks: read one head ahead
+  int next_idx = cache_idx[lane];
   for (int k = 0; k < K; ++k) {
     const float* row = scores + k * V;
-    uint32_t key = cache_key[k * 32 + lane];
-    int idx = cache_idx[k * 32 + lane];
+    uint32_t key = next_key;
+    int idx = next_idx;
+    if (k + 1 < K) {
+      next_key = cache_key[(k + 1) * 32 + lane];
+      next_idx = cache_idx[(k + 1) * 32 + lane];
+    }
     if (idx != INT_MAX && score_key(row[idx]) != key) {
       key = 0;
       idx = INT_MAX;
