@@ -1,0 +1,161 @@
+// CPU kernel of select_step (spec §5.4): also the oracle the CUDA kernel is tested against.
+// The argument checks live here too (ops.h is shared): the CUDA glue declares and calls them.
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "ops.h"
+
+namespace autogaze_ext {
+
+namespace {
+
+void check_one(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Tensor& like) {
+  TORCH_CHECK(t.scalar_type() == dtype, "select_step: ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == like.device(), "select_step: ", name, " is on ", t.device(), " but logits on ",
+              like.device());
+}
+
+void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
+  TORCH_CHECK(t.sizes() == shape, "select_step: ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+void check_scalar(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.numel() == 1, "select_step: ", name, " must hold one element, got shape ", t.sizes());
+}
+
+// Order-preserving float -> uint32 with torch.argmax's order: NaN above everything, -0 == +0.
+inline uint32_t score_key(float x) {
+  if (std::isnan(x)) return 0xFFFFFFFFu;
+  if (x == 0.0f) x = 0.0f;
+  uint32_t u;
+  std::memcpy(&u, &x, sizeof(u));
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+inline int64_t wrap_add(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
+}
+
+}  // namespace
+
+// Shared with csrc/cuda/select_step_torch.cpp. In-place arguments must be contiguous (they are written
+// through raw pointers); read-only ones are made contiguous by the callers.
+void check_select_step_inputs(const at::Tensor& logits, const at::Tensor& loss_pred, const at::Tensor& cap,
+                              const at::Tensor& req, const at::Tensor& has_req, const at::Tensor& banned,
+                              const at::Tensor& unfinished, const at::Tensor& fids, const at::Tensor& n,
+                              const at::Tensor& first, const at::Tensor& active) {
+  TORCH_CHECK(logits.dim() == 3, "select_step: logits must be (B, K, V), got ", logits.sizes());
+  check_one(logits, "logits", at::kFloat, logits);
+  const int64_t B = logits.size(0), K = logits.size(1), V = logits.size(2);
+  TORCH_CHECK(K >= 1 && K <= 128, "select_step: logits must have 1 to 128 heads (dim 1), got ", K);
+  TORCH_CHECK(V >= 1 && K * V < (int64_t{1} << 30), "select_step: logits vocabulary (dim 2) must be >= 1 with "
+              "K*V < 2^30, got V=", V);
+  check_one(loss_pred, "loss_pred", at::kFloat, logits);
+  check_shape(loss_pred, "loss_pred", {B, K});
+  check_one(cap, "cap", at::kLong, logits);
+  check_scalar(cap, "cap");
+  check_one(req, "req", at::kFloat, logits);
+  check_shape(req, "req", {B});
+  check_one(has_req, "has_req", at::kBool, logits);
+  check_scalar(has_req, "has_req");
+  check_one(banned, "banned", at::kBool, logits);
+  check_shape(banned, "banned", {B, V});
+  check_one(unfinished, "unfinished", at::kBool, logits);
+  check_shape(unfinished, "unfinished", {B});
+  check_one(fids, "fids", at::kLong, logits);
+  TORCH_CHECK(fids.dim() == 2 && fids.size(0) == B, "select_step: fids must be (B=", B, ", F), got ",
+              fids.sizes());
+  check_one(n, "n", at::kLong, logits);
+  check_scalar(n, "n");
+  check_one(first, "first", at::kBool, logits);
+  check_scalar(first, "first");
+  check_one(active, "active", at::kBool, logits);
+  check_scalar(active, "active");
+  TORCH_CHECK(banned.is_contiguous() && unfinished.is_contiguous() && fids.is_contiguous(),
+              "select_step: banned, unfinished and fids are updated in place and must be contiguous");
+}
+
+at::Tensor select_step_cpu(const at::Tensor& logits_in, const at::Tensor& loss_pred_in, const at::Tensor& cap,
+                           const at::Tensor& req_in, const at::Tensor& has_req, at::Tensor& banned,
+                           at::Tensor& unfinished, at::Tensor& fids, at::Tensor& n, at::Tensor& first,
+                           at::Tensor& active) {
+  check_select_step_inputs(logits_in, loss_pred_in, cap, req_in, has_req, banned, unfinished, fids, n, first,
+                           active);
+  TORCH_CHECK(logits_in.device().is_cpu(), "select_step_cpu expects CPU tensors");
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor loss_pred = loss_pred_in.contiguous();
+  const at::Tensor req = req_in.contiguous();
+  const int64_t B = logits.size(0), K = logits.size(1), V = logits.size(2), F = fids.size(1);
+  at::Tensor chunk = at::empty({B, K}, logits.options().dtype(at::kLong));
+
+  // Every row reads the old shared scalars; they are updated once, after all rows.
+  const int64_t n0 = n.item<int64_t>(), cap0 = cap.item<int64_t>();
+  const bool first0 = first.item<bool>(), active0 = active.item<bool>(), has_req0 = has_req.item<bool>();
+  const int64_t room = wrap_add(cap0, -n0);
+  const int64_t k_max = active0 ? std::clamp<int64_t>(room, 0, K) : 0;
+  const bool hit_cap = wrap_add(n0, K) >= cap0;
+  const int64_t eos = V - 1;
+
+  const float* lg = logits.const_data_ptr<float>();
+  const float* lp = loss_pred.const_data_ptr<float>();
+  const float* rq = req.const_data_ptr<float>();
+  bool* bn = banned.data_ptr<bool>();
+  bool* unf = unfinished.data_ptr<bool>();
+  int64_t* fi = fids.data_ptr<int64_t>();
+  int64_t* out = chunk.data_ptr<int64_t>();
+
+  at::parallel_for(0, B, 16, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> mask(V);  // banned ids plus this chunk's earlier picks: all read as -inf
+    std::vector<int64_t> picks(K);
+    for (int64_t b = begin; b < end; ++b) {
+      std::memcpy(mask.data(), bn + b * V, V);
+      for (int64_t k = 0; k < K; ++k) {
+        const float* row = lg + (b * K + k) * V;
+        const uint32_t neg_inf = score_key(-std::numeric_limits<float>::infinity());
+        uint32_t best = 0;
+        int64_t best_idx = 0;
+        for (int64_t v = 0; v < V; ++v) {
+          const uint32_t key = mask[v] ? neg_inf : score_key(row[v]);
+          if (key > best) {  // strict: ties keep the smallest index, as torch.argmax
+            best = key;
+            best_idx = v;
+          }
+        }
+        picks[k] = best_idx;
+        mask[best_idx] = 1;
+      }
+      const bool unf_b = unf[b];
+      bool any_met = false;
+      for (int64_t k = 0; k < K; ++k) {
+        const bool in_chunk = k < k_max;
+        const bool met = has_req0 && lp[b * K + k] <= rq[b] && in_chunk && !(first0 && k == 0);
+        const int64_t c = (unf_b && in_chunk && !met) ? picks[k] : eos;
+        any_met |= met;
+        out[b * K + k] = c;
+        const int64_t col = wrap_add(n0, k);
+        if (col >= 0 && col < F) fi[b * F + col] = c;  // never past the frame's id buffer
+        bn[b * V + c] = true;
+      }
+      unf[b] = unf_b && !any_met && !hit_cap && active0;
+    }
+  });
+
+  bool any = false;
+  for (int64_t b = 0; b < B; ++b) any = any || unf[b];
+  n.fill_(wrap_add(n0, k_max));
+  first.fill_(first0 && !active0);
+  active.fill_(active0 && any);
+  return chunk;
+}
+
+TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("select_step", &select_step_cpu); }
+
+}  // namespace autogaze_ext
