@@ -278,3 +278,35 @@ def _grids(gazer) -> list[int]:
 
 def gazer_scales(gazer) -> list[int]:
     return list(gazer.scales)
+
+
+class StreamGazer:
+    """Frame-by-frame gazing for cameras and pipes: ``push(frame)`` returns that frame's gazing at
+    once, carrying the gazer's state between frames and restarting it every ``clip_len`` frames (the
+    model's trained clip length)."""
+
+    def __init__(self, gazer, processor: AutoGazeImageProcessor | None = None, device="cpu",
+                 tile_mode: str = "resize", clip_len: int = 16, **gaze_kwargs):
+        self.gazer, self.processor = gazer, processor or AutoGazeImageProcessor()
+        self.device, self.tile_mode, self.clip_len, self.kw = device, tile_mode, clip_len, gaze_kwargs
+        self.grids = _grids(gazer)
+        self.state, self.geom, self.index = None, None, 0
+
+    def push(self, frame: np.ndarray) -> ClipResult:
+        if not isinstance(frame, np.ndarray) or frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+            raise ValueError("frame: expected an (H, W, 3) uint8 RGB array")
+        geom = TileGeometry(frame.shape[0], frame.shape[1], self.tile_mode)
+        if self.geom is not None and geom != self.geom:
+            raise ValueError(f"frame: size changed from {self.geom.height}x{self.geom.width} to "
+                             f"{geom.height}x{geom.width}")
+        if self.index % self.clip_len == 0:
+            self.state = None
+        self.geom = geom
+        tiles = tile_clip(frame[None], geom, self.processor, self.device)
+        out, self.state = self.gazer.generate(tiles, state=self.state, return_state=True, **self.kw)
+        masks = stitch_masks([m.cpu() for m in out.gazing_mask], geom, self.grids)
+        res = ClipResult(index=self.index // self.clip_len, first_frame=self.index, frames=frame[None], geometry=geom,
+                         canvas_masks=masks, tokens_each_frame=out.real_tokens_each_frame().sum(0).tolist(),
+                         tokens_possible=geom.tiles * sum(g * g for g in self.grids))
+        self.index += 1
+        return res

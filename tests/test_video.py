@@ -109,3 +109,18 @@ def test_bad_files_raise_clear_errors(tmp_path):
         list(iter_frames(good, max_frames=0))
     with pytest.raises(ValueError, match="tile_mode"):
         TileGeometry(10, 10, "crop")
+
+
+def test_stream_gazer_matches_clip_gazing():
+    from autogaze_ext.video import StreamGazer
+
+    frames = moving_objects_clip(18, 224, 448, seed=5)
+    g = GreedyGazer(max_error=0.15)
+    sg = StreamGazer(g, clip_len=16)
+    streamed = [sg.push(f) for f in frames]
+    clips = list(gaze_clips(g, iter_clips(frames, 16), batch_rows=64))
+    static = [n for c in clips for n in c.tokens_each_frame]
+    assert [s.tokens_each_frame[0] for s in streamed] == static
+    assert streamed[16].first_frame == 16 and streamed[16].index == 1
+    with pytest.raises(ValueError, match="size changed"):
+        sg.push(frames[0][:100])
