@@ -371,15 +371,83 @@ __global__ void __launch_bounds__(kThreads) attn_generic_kernel(Params p) {
   }
 }
 
-// One warp per (b, h, query): weights exp(m_s - M) of the live splits, out = sum w_s acc_s / sum w_s l_s.
+// Which splits ran for query i: 0 .. min(start+i, L-1) / split (none when start+i < 0).
+__device__ __forceinline__ int live_splits(const Params& p, int i) {
+  const int64_t si = read_start(p.start) + i;
+  return si < 0 ? 0 : static_cast<int>(min(static_cast<int64_t>(p.num_splits), min(si, p.L - 1) / p.split + 1));
+}
+
+// One halving exchange of the transpose-butterfly: of the O columns (per 32) a lane still holds, it keeps
+// the upper half if bit O of its lane is set, else the lower half, and adds its partner's copy of them.
+template <int O, int D>
+__device__ __forceinline__ void butterfly_level(float (&a)[D], int lane) {
+  const bool upper = (lane & O) != 0;
+#pragma unroll
+  for (int hh = 0; hh < D; hh += 32) {
+#pragma unroll
+    for (int c = 0; c < O; ++c) {
+      const float lo = a[hh + c], hi = a[hh + c + O];
+      a[hh + c] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, O);
+    }
+  }
+}
+
+// Combine for d = 32/64, one warp per (b, h, query). Lane s takes split s (and s + 32, ...): all its loads
+// are issued at once (one L2 round trip for <= 32 splits, where a loop over splits per column would
+// serialise them). Each lane folds its splits into (m, l, acc[D]) like the online softmax, rescales to
+// the warp's max, then a transpose-butterfly sums acc over lanes: after 5 halving exchanges (31 shuffles
+// for 32 columns) lane c holds column c (and c + 32 for d = 64).
+template <int D>
 __global__ void __launch_bounds__(kThreads) attn_combine_kernel(Params p, int64_t rows) {
   const int lane = threadIdx.x & 31;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
   if (row >= rows) return;  // whole warps leave together
-  const int i = static_cast<int>(row % p.n), d = p.d;
-  const int64_t si = read_start(p.start) + i;
-  // splits 0 .. min(si, L-1) / split: exactly those whose block ran for this query
-  const int live = si < 0 ? 0 : static_cast<int>(min(static_cast<int64_t>(p.num_splits), min(si, p.L - 1) / p.split + 1));
+  const int live = live_splits(p, static_cast<int>(row % p.n));
+  const float2* ml = reinterpret_cast<const float2*>(p.ws_ml) + row * p.num_splits;
+  const float* acc = p.ws_acc + row * p.num_splits * D;
+
+  float m = kNegInf, l = 0.f, a[D];
+#pragma unroll
+  for (int c = 0; c < D; ++c) a[c] = 0.f;
+  for (int s = lane; s < live; s += 32) {
+    const float2 e = ml[s];
+    if (e.x == kNegInf) continue;  // nothing visible in this split
+    const float mn = fmaxf(m, e.x);
+    const float f_old = expf(m - mn), f_new = expf(e.x - mn);  // f_old = 0 on the lane's first split
+    l = l * f_old + f_new * e.y;
+#pragma unroll
+    for (int c = 0; c < D; c += 4) {
+      float r[4];
+      load_vec<4>(acc + static_cast<int64_t>(s) * D + c, r);
+#pragma unroll
+      for (int e4 = 0; e4 < 4; ++e4) a[c + e4] = a[c + e4] * f_old + f_new * r[e4];
+    }
+    m = mn;
+  }
+  float M = m;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+  const float f = m == kNegInf ? 0.f : expf(m - M);  // this lane's splits, rescaled to the warp's max
+  l *= f;
+#pragma unroll
+  for (int c = 0; c < D; ++c) a[c] *= f;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+  butterfly_level<16, D>(a, lane);
+  butterfly_level<8, D>(a, lane);
+  butterfly_level<4, D>(a, lane);
+  butterfly_level<2, D>(a, lane);
+  butterfly_level<1, D>(a, lane);
+#pragma unroll
+  for (int hh = 0; hh < D; hh += 32) p.out[row * D + hh + lane] = a[hh] / l;  // no key at all: 0/0 = NaN
+}
+
+// Combine for any d: one warp per query, lane c sums column c over the live splits.
+__global__ void __launch_bounds__(kThreads) attn_combine_generic_kernel(Params p, int64_t rows) {
+  const int lane = threadIdx.x & 31;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * (kThreads / 32) + (threadIdx.x >> 5);
+  if (row >= rows) return;
+  const int d = p.d, live = live_splits(p, static_cast<int>(row % p.n));
   const float2* ml = reinterpret_cast<const float2*>(p.ws_ml) + row * p.num_splits;
   const float* acc = p.ws_acc + row * p.num_splits * d;
 
@@ -396,6 +464,7 @@ __global__ void __launch_bounds__(kThreads) attn_combine_kernel(Params p, int64_
   for (int o = 16; o > 0; o >>= 1) tot += __shfl_xor_sync(0xffffffffu, tot, o);
   for (int c = lane; c < d; c += 32) {
     float a = 0.f;
+#pragma unroll 8
     for (int s = 0; s < live; ++s) {
       const float ms = ml[s].x;  // split with nothing visible for this query: weight 0
       if (ms != kNegInf) a = fmaf(expf(ms - M), acc[static_cast<int64_t>(s) * d + c], a);
@@ -472,8 +541,14 @@ cudaError_t launch_cache_attention(const CacheAttentionPlan& plan, const float* 
     err = cudaGetLastError();
   }
   if (err != cudaSuccess || plan.num_splits == 1) return err;
-  const int64_t warps = kThreads / 32;
-  attn_combine_kernel<<<static_cast<unsigned>(ceil_div(rows, warps)), kThreads, 0, stream>>>(p, rows);
+  const unsigned blocks = static_cast<unsigned>(ceil_div(rows, kThreads / 32));
+  if (plan.tiled && head_dim == 32) {
+    attn_combine_kernel<32><<<blocks, kThreads, 0, stream>>>(p, rows);
+  } else if (plan.tiled && head_dim == 64) {
+    attn_combine_kernel<64><<<blocks, kThreads, 0, stream>>>(p, rows);
+  } else {
+    attn_combine_generic_kernel<<<blocks, kThreads, 0, stream>>>(p, rows);
+  }
   return cudaGetLastError();
 }
 
