@@ -61,6 +61,7 @@ CPU_CASES = [  # B, H, KVH, n, L, d
     (1, 6, 3, 206, 1024, 32),
     (2, 4, 4, 7, 300, 64),
     (3, 2, 1, 5, 64, 8),
+    (2, 3, 3, 10, 200, 7),
 ]
 
 
@@ -224,6 +225,7 @@ GPU_CASES = [  # B, H, KVH, n, L, d: tiled (d 32/64, q tiles of 16 and 32), spli
     (2, 6, 3, 10, 1024, 48),
     (1, 4, 4, 33, 256, 16),
     (2, 2, 1, 5, 320, 256),
+    (2, 3, 3, 10, 200, 7),  # odd d: the (m, l) workspace pairs must stay 8-byte aligned
     (128, 6, 6, 10, 256, 32),  # one split covers the cache: direct output, no combine
     (64, 6, 6, 206, 256, 32),
 ]
