@@ -155,3 +155,7 @@ if HAS_EXTENSION:
         V = sum(g * g for g in grids)
         return (gazing_pos.new_empty((B, num_frames, V), dtype=torch.float32),
                 gazing_pos.new_empty((B, N, 4), dtype=torch.int32))
+
+
+# The decoder ops live in their own modules; importing them registers their fake kernels.
+from . import _ops_attention, _ops_linear, _ops_select  # noqa: E402,F401
