@@ -13,7 +13,7 @@ grep -E '^ *autogaze_ext:' "$OUT/build.log"
 echo "build: $(( $(date +%s) - t0 ))s"
 $PY -c 'import autogaze_ext._ops as o; print(o.build_info())'
 t1=$(date +%s)
-$PY -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tee "$OUT/pytest-cuda.log" | tail -15
+$PY -m pytest -q -s -p no:cacheprovider -m cuda tests 2>&1 | tee "$OUT/pytest-cuda.log" | grep -E "passed|failed|FAILED|Error|µs|us\b" | tail -40
 echo "cuda tests: $(( $(date +%s) - t1 ))s"
 for b in "${@:-bench_gaze}"; do
   $PY "benchmarks/$b.py" 2>&1 | tee "$OUT/$b.log"
