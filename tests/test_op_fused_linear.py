@@ -217,7 +217,7 @@ def _cuda_case(seed, M, K, N, swiglu, norm, res):
     assert out.is_cuda
     check(out, x, w, nw, r, swiglu)
     cpu = (lambda t: None if t is None else t.cpu())
-    assert rel_err(out, op(cpu(x), cpu(w), cpu(nw), EPS, cpu(r), swiglu)) < TOL  # the CPU op agrees
+    assert rel_err(out.cpu(), op(cpu(x), cpu(w), cpu(nw), EPS, cpu(r), swiglu)) < TOL  # the CPU op agrees
 
 
 def _cuda_ready():
@@ -291,7 +291,7 @@ def test_cuda_empty_and_errors():
     with pytest.raises(RuntimeError, match="x must be contiguous"):
         op(x, torch.randn(6, 4, device="cuda"), None, EPS, None, False)
     with pytest.raises(ValueError, match="x must be contiguous"):
-        fused_linear(x, torch.randn(6, 4, device="cuda"))
+        fused_linear(x, torch.randn(6, 8, device="cuda"))
     with pytest.raises(RuntimeError, match="weight is on"):
         op(torch.randn(4, 8, device="cuda"), torch.randn(6, 8), None, EPS, None, False)
     with pytest.raises(RuntimeError, match="norm_weight is on"):
@@ -319,7 +319,7 @@ def test_cuda_opcheck_stream_and_graph():
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):  # warm-up outside capture
-        op(sx, wo, None, EPS, op(sx, sw, snw, EPS, sr, True), False)
+        op(op(sx, sw, snw, EPS, sr, True), wo, None, EPS, sx, False)
     torch.cuda.current_stream().wait_stream(s)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
