@@ -225,6 +225,82 @@ cudaError_t dispatch(const float* x, const float* w, const float* nw, float eps,
   return launch<SmallTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
 }
 
+
+// Decode steps have M ~ 10 rows: a tiled GEMM leaves most SMs idle and runs a long dependent chain
+// per block. Here one warp owns one output column for all rows: the block stages the (normalised)
+// rows in shared memory once, each lane strides over K reading the weight row coalesced, and a warp
+// shuffle reduces the M partial sums. Used for M <= kSkinnyMaxM when M x K fits in 48 KB.
+constexpr int kSkinnyMaxM = 16;
+constexpr int kSkinnyWarps = 8;
+
+template <int P>
+__global__ void __launch_bounds__(kSkinnyWarps * 32)
+skinny_linear_kernel(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ nw,
+                     float eps, const float* __restrict__ res, float* __restrict__ out, int M, int K, int n_out) {
+  extern __shared__ float xs[];  // M x K rows, normalised
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int m = warp; m < M; m += kSkinnyWarps) {
+    const float* row = x + static_cast<int64_t>(m) * K;
+    float inv = 1.0f;
+    if (nw != nullptr) {
+      float ss = 0.0f;
+      for (int k = lane; k < K; k += 32) ss = fmaf(row[k], row[k], ss);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+      inv = rsqrtf(ss / static_cast<float>(K) + eps);
+    }
+    for (int k = lane; k < K; k += 32) xs[m * K + k] = nw != nullptr ? nw[k] * (row[k] * inv) : row[k];
+  }
+  __syncthreads();
+  const int col = blockIdx.x * kSkinnyWarps + warp;
+  if (col >= n_out) return;  // whole warps leave together
+  const float* wg = w + static_cast<int64_t>(col) * K;
+  const float* wu = w + static_cast<int64_t>(col + (P == 2 ? n_out : 0)) * K;
+  float ag[kSkinnyMaxM], au[kSkinnyMaxM];
+#pragma unroll
+  for (int m = 0; m < kSkinnyMaxM; ++m) ag[m] = au[m] = 0.0f;
+  for (int k = lane; k < K; k += 32) {
+    const float g = wg[k];
+    const float u = P == 2 ? wu[k] : 0.0f;
+#pragma unroll
+    for (int m = 0; m < kSkinnyMaxM; ++m) {
+      if (m < M) {
+        const float xv = xs[m * K + k];
+        ag[m] = fmaf(xv, g, ag[m]);
+        if (P == 2) au[m] = fmaf(xv, u, au[m]);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < kSkinnyMaxM; ++m) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      ag[m] += __shfl_xor_sync(0xffffffffu, ag[m], o);
+      if (P == 2) au[m] += __shfl_xor_sync(0xffffffffu, au[m], o);
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < kSkinnyMaxM; ++m) {
+    if (m < M && lane == m) {
+      float v = ag[m];
+      if (P == 2) v = v / (1.0f + expf(-v)) * au[m];
+      const int64_t o = static_cast<int64_t>(m) * n_out + col;
+      if (res != nullptr) v += res[o];
+      out[o] = v;
+    }
+  }
+}
+
+template <int P>
+cudaError_t launch_skinny(const float* x, const float* w, const float* nw, float eps, const float* res, float* out,
+                          int64_t M, int64_t K, int64_t n_out, cudaStream_t stream) {
+  const int64_t blocks = (n_out + kSkinnyWarps - 1) / kSkinnyWarps;
+  if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
+  skinny_linear_kernel<P><<<static_cast<unsigned>(blocks), kSkinnyWarps * 32, M * K * sizeof(float), stream>>>(
+      x, w, nw, eps, res, out, static_cast<int>(M), static_cast<int>(K), static_cast<int>(n_out));
+  return cudaGetLastError();
+}
+
 // SM count of the current device, looked up once per device (cudaDeviceGetAttribute is capture-safe,
 // but there is no need to ask on every call).
 int current_sm_count() {
@@ -249,6 +325,10 @@ cudaError_t launch_fused_linear(const float* x, const float* weight, const float
   if (M <= 0) return cudaSuccess;
   if (K < 1 || K > kFusedLinearMaxK || N < 1 || N > INT_MAX / 2 || (swiglu && N % 2 != 0))
     return cudaErrorInvalidValue;
+  if (M <= kSkinnyMaxM && M * K * static_cast<int64_t>(sizeof(float)) <= 48 * 1024) {
+    if (swiglu) return launch_skinny<2>(x, weight, norm_weight, eps, residual, out, M, K, N / 2, stream);
+    return launch_skinny<1>(x, weight, norm_weight, eps, residual, out, M, K, N, stream);
+  }
   const int sms = current_sm_count();
   if (swiglu) return dispatch<2>(x, weight, norm_weight, eps, residual, out, M, K, N / 2, sms, stream);
   return dispatch<1>(x, weight, norm_weight, eps, residual, out, M, K, N, sms, stream);
