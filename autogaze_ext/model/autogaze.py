@@ -14,7 +14,7 @@ from ..config import AutoGazeConfig
 from . import checkpoint
 from .decoder import GazeDecoder
 from .encoder import Connector, ShallowVideoConvNet
-from .fast import FastGazeRunner, _slot_budget
+from .fast import FastGazeRunner, _slot_budget, custom_ops_available
 from .generation import DecodeState, Sampler, decode_frame
 from .masks import gazing_masks, positions_from_masks
 from .output import GazeOutput
@@ -79,7 +79,9 @@ class AutoGaze(nn.Module):
     loading); move it with ``.to()`` as usual.
     """
 
-    FAST_AUTO_MAX_BATCH = 16  # rows (clips x tiles) up to which backend="auto" picks the fast path
+    # rows (clips x tiles) up to which backend="auto" picks the fast path when the compiled decoder
+    # ops are not built (the pure-PyTorch fast path loses to the reference loop at large batch)
+    FAST_AUTO_MAX_BATCH = 16
 
     def __init__(self, config: AutoGazeConfig | None = None):
         super().__init__()
@@ -254,10 +256,11 @@ class AutoGaze(nn.Module):
         if backend == "fast" and not fast_ok:
             raise ValueError("backend: 'fast' decodes greedy static clips only (no state, sampling, margins "
                              "or cached=False); use backend='reference'")
-        # auto: the fast path wins at small batch; at large batch the reference loop's larger GEMMs
-        # are faster for now (benchmarks/RESULTS.md)
-        use_fast = backend == "fast" or (backend == "auto" and fast_ok and video.is_cuda
-                                         and B <= self.FAST_AUTO_MAX_BATCH)
+        # auto: with the compiled decoder ops the fast path wins at every measured batch size; its
+        # pure-PyTorch form only at small batch (benchmarks/RESULTS.md)
+        use_fast = backend == "fast" or (
+            backend == "auto" and fast_ok and video.is_cuda
+            and (custom_ops_available(video.device) or B <= self.FAST_AUTO_MAX_BATCH))
 
         ctx = exact_fp32() if video.is_cuda else contextlib.nullcontext()
         with ctx:
