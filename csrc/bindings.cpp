@@ -31,6 +31,13 @@ TORCH_LIBRARY(autogaze_ext, m) {
   // One decode step's token choice on the device (spec §5.4): per-head argmax with bans, pads, task-loss
   // stop, cap; updates the frame state in place and returns the chunk to feed back (B, K).
   m.def("select_step(Tensor logits, Tensor loss_pred, Tensor cap, Tensor req, Tensor has_req, Tensor(a!) banned, Tensor(b!) unfinished, Tensor(c!) fids, Tensor(d!) n, Tensor(e!) first, Tensor(f!) active) -> Tensor");
+
+  // Sparse-token ViT attention (spec §6.4 item 5) on packed q, k, v (total, heads, head_dim), fp32/fp16/bf16,
+  // fp32 softmax. Videos are cu_seqlens ranges, frames cu_frames ranges (int32 offsets; every video boundary
+  // is a frame boundary, frames may be empty). A query sees the keys of its own video: frames up to its own
+  // (block_causal), keys up to itself (causal), all (bidirectional) or its own frame (frame_independent),
+  // and in every mode the video's first num_prefix keys (class/register tokens). Returns q's shape and dtype.
+  m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, Tensor cu_frames, str mode, float scale, int num_prefix) -> Tensor");
 }
 
 PYBIND11_MODULE(_C, m) {
