@@ -3,11 +3,13 @@
 >>> import autogaze_ext as ag
 >>> model = ag.AutoGaze.from_pretrained("path/to/checkpoint")
 >>> out = model.generate(video, gazing_ratio=0.75, task_loss_requirement=0.7)
+>>> vit = ag.accelerate(siglip_vision_model)  # then vit(video_for_vit, gaze=out)
 """
 from .clips import split_clips
 from .config import AutoGazeConfig
 from .model import AutoGaze, GazeOutput, GazeState, exact_fp32
 from .processor import AutoGazeImageProcessor, AutoGazeProcessor
+from .vit import GazedFeatures, GazedViT, accelerate
 
 __version__ = "0.1.0"
 
@@ -18,6 +20,9 @@ __all__ = [
     "AutoGazeProcessor",
     "GazeOutput",
     "GazeState",
+    "GazedFeatures",
+    "GazedViT",
+    "accelerate",
     "exact_fp32",
     "split_clips",
 ]

@@ -152,6 +152,18 @@ def test_edge_layouts():
 
 
 @needs_ext
+def test_inference_mode_and_threads():
+    # the kernel's worker threads run ATen ops on tensors made under the caller's inference mode
+    g = torch.Generator().manual_seed(4)
+    cs, cf, owner = layout([[300, 200], [100, 400, 50]])
+    q, k, v = qkv(g, len(owner), 2, 32)
+    want = op(q, k, v, cs, cf, "causal", 0.2, 0)
+    with torch.inference_mode():
+        got = op(q, k, v, cs, cf, "causal", 0.2, 0)
+    assert torch.equal(got, want)
+
+
+@needs_ext
 def test_no_tokens():
     q = torch.empty(0, 2, 8)
     z = torch.zeros(2, dtype=torch.int32)

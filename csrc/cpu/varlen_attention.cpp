@@ -7,6 +7,7 @@
 // plus, in every mode, the video's first num_prefix keys [s, s + P). Scores, softmax and the weighted sum
 // are fp32 whatever the input dtype (fp16/bf16 are widened once up front); every query sees at least itself.
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/bmm.h>
 #include <ATen/ops/cat.h>
@@ -122,7 +123,10 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
   const float fscale = static_cast<float>(scale);
   const float neg_inf = -std::numeric_limits<float>::infinity();
 
+  // Worker threads run ATen ops: give them the caller's thread-local state (inference mode, grad mode).
+  const at::ThreadLocalState caller_state;
   at::parallel_for(0, static_cast<int64_t>(blocks.size()), 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard state_guard(caller_state);
     for (int64_t i = begin; i < end; ++i) {
       const QueryBlock& blk = blocks[i];
       const int64_t pend = blk.s + std::min(num_prefix, blk.e - blk.s);  // end of the video's prefix keys

@@ -1,0 +1,137 @@
+"""accelerate(): run a stock ViT on the gazed tokens of a video only."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .._ops_vit import MODES
+from .adapters import Adapter, PackedAttention, make_adapter
+from .tokens import PackedGaze, check_scales, gazed_patches, pack_gaze, scale_position_table, tokens_per_frame
+
+
+@dataclass
+class GazedFeatures:
+    """Output of an accelerated ViT: the features of every non-padded gazed token (after the final norm),
+    packed video after video in gaze order, each video's prefix tokens (timm class / register tokens) first.
+
+    ``features[cu_seqlens[b]:cu_seqlens[b + 1]]`` is video b; ``cu_frames`` are the frame offsets (with a
+    leading prefix frame per video when ``num_prefix`` > 0)."""
+
+    features: torch.Tensor  # (total, D)
+    cu_seqlens: torch.Tensor  # (B + 1,) int32
+    cu_frames: torch.Tensor  # int32
+    lengths: list[int]
+    num_prefix: int = 0
+
+    def per_video(self) -> list[torch.Tensor]:
+        """Features of each video, (L_b, D) each."""
+        return list(self.features.split(self.lengths, dim=0))
+
+
+class GazedViT(nn.Module):
+    """A stock ViT that also runs on gazed multi-scale tokens. ``model`` is the wrapped module itself (same
+    parameters); calling without ``gaze`` is the stock forward."""
+
+    def __init__(self, model: nn.Module, scales: Sequence[int] = (32, 64, 112, 224), patch_size: int | None = None,
+                 mode: str = "block_causal"):
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        self.model = model
+        self.adapter: Adapter = make_adapter(model)
+        if patch_size is not None and patch_size != self.adapter.patch_size:
+            raise ValueError(f"patch_size={patch_size} but the model's patch embedding uses "
+                             f"{self.adapter.patch_size}-px patches")
+        self.patch_size = self.adapter.patch_size
+        self.scales = check_scales(scales, self.patch_size)
+        self.tokens_per_frame = tokens_per_frame(self.scales, self.patch_size)
+        self.mode = _check_mode(mode)
+
+    def extra_repr(self) -> str:
+        return (f"family={self.adapter.family!r}, scales={self.scales}, patch_size={self.patch_size}, "
+                f"tokens_per_frame={self.tokens_per_frame}, mode={self.mode!r}")
+
+    def pack(self, video: torch.Tensor, gaze, validate: bool = True) -> PackedGaze:
+        """Check the video against the gaze and lay out the packed tokens (one device->host sync)."""
+        if not isinstance(video, torch.Tensor) or video.dim() != 5 or not video.is_floating_point():
+            raise ValueError(f"video must be a float (B, T, C, H, W) tensor, got "
+                             f"{getattr(video, 'shape', type(video).__name__)}")
+        if video.shape[2] != self.adapter.in_chans:
+            raise ValueError(f"video has {video.shape[2]} channels, the model expects {self.adapter.in_chans}")
+        V = _gaze_tokens_per_frame(gaze)
+        if V is not None and V != self.tokens_per_frame:
+            raise ValueError(f"gaze has {V} tokens per frame but scales {self.scales} with {self.patch_size}-px "
+                             f"patches make {self.tokens_per_frame}")
+        packed = pack_gaze(gaze, video.shape[1], self.tokens_per_frame, self.adapter.num_prefix, validate)
+        if packed.flat_ids.device != video.device:
+            raise ValueError(f"gaze is on {packed.flat_ids.device} but video on {video.device}")
+        if len(packed.lengths) != video.shape[0]:
+            raise ValueError(f"gaze has {len(packed.lengths)} rows but video {video.shape[0]}")
+        return packed
+
+    def embed(self, video: torch.Tensor, packed: PackedGaze) -> torch.Tensor:
+        """(total, D) input tokens: gazed patches x patch embedding + per-scale position embedding, and the
+        prefix tokens at their rows."""
+        a = self.adapter
+        x = a.embed_patches(gazed_patches(video, packed.flat_ids, self.scales, self.patch_size))
+        grid = a.position_grid()
+        if grid is not None:
+            x = x + scale_position_table(grid, self.scales, self.patch_size).index_select(0, packed.local_ids)
+        prefix = a.prefix_tokens()
+        if prefix is None:
+            return x
+        out = x.new_empty(packed.total, x.shape[1])
+        out[packed.rows] = x
+        out[packed.prefix_rows] = prefix.to(x.dtype).repeat(len(packed.lengths), 1)
+        return out
+
+    def forward(self, video: torch.Tensor, *args, gaze=None, mode: str | None = None, as_list: bool = False,
+                validate: bool = True, **kwargs):
+        """Stock forward without ``gaze``. With ``gaze`` (a GazeOutput or the official dict; ids laid out for
+        ``scales``): video (B, T, C, H, W) preprocessed for this ViT -> GazedFeatures (or, with as_list=True,
+        a list of (L_b, D) tensors). mode overrides the attention mode given to accelerate()."""
+        if gaze is None:
+            return self.model(video, *args, **kwargs)
+        if args or kwargs:
+            raise TypeError(f"the gazed forward takes only video, gaze, mode, as_list and validate; got extra "
+                            f"{len(args)} positional and {sorted(kwargs)} keyword arguments")
+        packed = self.pack(video, gaze, validate)
+        x = self.adapter.pre_blocks(self.embed(video, packed))
+        attend = PackedAttention(packed.cu_seqlens, packed.cu_frames, _check_mode(mode or self.mode),
+                                 packed.num_prefix)
+        x = self.adapter.final_norm(self.adapter.run_blocks(x, attend))
+        out = GazedFeatures(x, packed.cu_seqlens, packed.cu_frames, packed.lengths, packed.num_prefix)
+        return out.per_video() if as_list else out
+
+
+def _check_mode(mode) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    return mode
+
+
+def _gaze_tokens_per_frame(gaze) -> int | None:
+    v = gaze.get("num_vision_tokens_each_frame") if isinstance(gaze, dict) else getattr(
+        gaze, "num_vision_tokens_each_frame", None)
+    return int(v) if v is not None else None
+
+
+def accelerate(model: nn.Module, scales: Sequence[int] = (32, 64, 112, 224), patch_size: int | None = None,
+               mode: str = "block_causal") -> GazedViT:
+    """Wrap a stock ViT so that ``vit(video, gaze=out)`` computes only the gazed tokens.
+
+    model: a transformers ``SiglipVisionModel`` / ``SiglipModel`` (SigLIP or fixed-resolution SigLIP2
+    checkpoints) or a timm ``VisionTransformer``; its weights are used as they are. scales: the sides the
+    gaze ids were laid out for (``target_scales`` of the gaze call; ascending); patch_size: checked against
+    the model's. mode: attention between tokens of one video, ``block_causal`` (the official default: a token
+    of frame t sees frames 0..t), ``causal``, ``bidirectional`` or ``frame_independent``.
+
+    Position embeddings: the model's learned grid, bicubically resized to each scale's patch grid as the
+    official AutoGaze SigLIP does. timm class / register tokens are kept once per video, first in its
+    sequence, with their usual position embedding; every token of the video sees them. Pooling heads
+    (SigLIP's attention pooling, timm's pooling and classifier) are not applied.
+    """
+    return GazedViT(model, scales, patch_size, mode)

@@ -1,0 +1,151 @@
+"""Gazed tokens for a ViT: packing a gaze output, multi-scale patches, per-scale position embeddings.
+
+Layout (spec §3.4): per frame, for each scale s (ascending) the frame is resized to s x s (bicubic,
+align_corners=False, no antialias) and cut into patch x patch patches, row-major, each flattened
+channel-major (C * p * p, the order of a Conv2d weight). A gaze id is an index into the concatenation of
+those V = sum((s // p)^2) patches over the scales, plus V * t for frame t.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+def check_scales(scales, patch_size: int) -> tuple[int, ...]:
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales:
+        raise TypeError(f"scales must be a non-empty sequence of ints (frame sides per scale), got {scales!r}")
+    out = []
+    for i, s in enumerate(scales):
+        if isinstance(s, bool) or not isinstance(s, int):
+            raise TypeError(f"scales[{i}] must be an int, got {type(s).__name__}")
+        if s < patch_size:
+            raise ValueError(f"scales[{i}] = {s} is smaller than the patch size {patch_size}")
+        out.append(s)
+    if out != sorted(set(out)):
+        raise ValueError(f"scales must be strictly ascending, got {list(scales)}")
+    return tuple(out)
+
+
+def tokens_per_frame(scales: Sequence[int], patch_size: int) -> int:
+    return sum((s // patch_size) ** 2 for s in scales)
+
+
+@dataclass
+class PackedGaze:
+    """The non-padded gazed tokens of a batch, in gaze order, videos one after another.
+
+    Each video's sequence is its ``num_prefix`` prefix tokens (class / register tokens, a frame of their own)
+    followed by its gazed tokens frame by frame. ``flat_ids`` index the (B * T * V) multi-scale patches of the
+    batch, ``local_ids`` the V patches of one frame; ``rows`` are the sequence rows of the gazed tokens.
+    """
+
+    flat_ids: torch.Tensor  # (n,) int64
+    local_ids: torch.Tensor  # (n,) int64
+    rows: torch.Tensor  # (n,) int64
+    prefix_rows: torch.Tensor  # (B * num_prefix,) int64
+    cu_seqlens: torch.Tensor  # (B + 1,) int32
+    cu_frames: torch.Tensor  # (B * (T + [num_prefix > 0]) + 1,) int32
+    lengths: list[int]  # sequence length per video (host)
+    num_prefix: int
+    num_frames: int
+
+    @property
+    def total(self) -> int:
+        return sum(self.lengths)
+
+
+def _gaze_field(gaze, name: str):
+    try:
+        return gaze[name]
+    except (KeyError, TypeError):
+        value = getattr(gaze, name, None)
+    if value is None:
+        raise TypeError(f"gaze must be a GazeOutput or a dict with '{name}', got {type(gaze).__name__}")
+    return value
+
+
+def pack_gaze(gaze, num_frames: int, tokens_per_frame: int, num_prefix: int = 0, validate: bool = True) -> PackedGaze:
+    """Drop the padded slots of a gaze output (GazeOutput or the official dict: gazing_pos (B, N),
+    if_padded_gazing (B, N), num_gazing_each_frame (T,)) and lay out the packed sequences.
+
+    A slot belongs to the frame whose segment of num_gazing_each_frame holds it (as in the official attention
+    mask); its id picks the patch. One device->host sync (the number of real tokens)."""
+    pos, pad = _gaze_field(gaze, "gazing_pos"), _gaze_field(gaze, "if_padded_gazing")
+    counts = _gaze_field(gaze, "num_gazing_each_frame")
+    if not isinstance(pos, torch.Tensor) or pos.dim() != 2 or pos.dtype != torch.int64:
+        raise ValueError(f"gaze gazing_pos must be a (B, N) int64 tensor, got {getattr(pos, 'shape', pos)}")
+    if not isinstance(pad, torch.Tensor) or pad.shape != pos.shape:
+        raise ValueError(f"gaze if_padded_gazing must be a tensor shaped like gazing_pos {tuple(pos.shape)}")
+    counts = [int(c) for c in (counts.tolist() if isinstance(counts, torch.Tensor) else counts)]
+    if len(counts) != num_frames or sum(counts) != pos.shape[1] or min(counts, default=0) < 0:
+        raise ValueError(f"gaze num_gazing_each_frame {counts} must have one count per frame ({num_frames}) "
+                         f"summing to gazing_pos's {pos.shape[1]} slots")
+    video_tokens = num_frames * tokens_per_frame
+    pad, dev = pad.to(device=pos.device, dtype=torch.bool), pos.device
+    real = ~pad
+    if validate:
+        bad = real & ((pos < 0) | (pos >= video_tokens))
+        if bool(bad.any()):
+            raise ValueError(f"gazing_pos holds non-padded id {int(pos[bad][0])} outside [0, {video_tokens}) "
+                             f"({num_frames} frames x {tokens_per_frame} tokens per frame)")
+    B = pos.shape[0]
+    frame_of_slot = torch.repeat_interleave(torch.arange(num_frames, device=dev), torch.tensor(counts, device=dev),
+                                            output_size=pos.shape[1])
+    per_frame = torch.zeros(B, num_frames, dtype=torch.int64, device=dev)
+    per_frame.index_add_(1, frame_of_slot, real.long())
+    if num_prefix:
+        per_frame = torch.cat([per_frame.new_full((B, 1), num_prefix), per_frame], 1)
+    lengths_t = per_frame.sum(1)
+    zero = per_frame.new_zeros(1)
+    cu_frames = torch.cat([zero, per_frame.flatten().cumsum(0)]).to(torch.int32)
+    cu_seqlens = torch.cat([zero, lengths_t.cumsum(0)]).to(torch.int32)
+    lengths = lengths_t.tolist()  # the sync: every later shape depends on it
+
+    ids = pos[real]
+    video_of = torch.arange(B, device=dev)[:, None].expand(B, pos.shape[1])[real]
+    rows = torch.arange(ids.shape[0], device=dev) + num_prefix * (video_of + 1)
+    prefix_rows = (cu_seqlens[:-1, None].long() + torch.arange(num_prefix, device=dev)).flatten()
+    return PackedGaze(flat_ids=video_of * video_tokens + ids, local_ids=ids % tokens_per_frame, rows=rows,
+                      prefix_rows=prefix_rows, cu_seqlens=cu_seqlens, cu_frames=cu_frames, lengths=lengths,
+                      num_prefix=num_prefix, num_frames=num_frames)
+
+
+def gazed_patches(video: torch.Tensor, flat_ids: torch.Tensor, scales: Sequence[int], patch_size: int) -> torch.Tensor:
+    """The multi-scale patches at flat_ids (indices into the (B * T * V) patches of the batch), as rows
+    (n, C * p * p) in video's dtype. The whole PyTorch implementation of patch extraction lives here so a
+    fused kernel can replace it: per scale, bicubic resize of every frame (align_corners=False, no antialias,
+    as the official SigLIP), unfold, and a gather of the rows whose id falls in that scale."""
+    B, T, C = video.shape[:3]
+    frames = video.reshape(B * T, C, *video.shape[3:])
+    V = tokens_per_frame(scales, patch_size)
+    frame, local = flat_ids // V, flat_ids % V
+    out = video.new_empty(flat_ids.shape[0], C * patch_size * patch_size)
+    offset = 0
+    for s in scales:
+        n = (s // patch_size) ** 2
+        resized = F.interpolate(frames, size=(s, s), mode="bicubic", align_corners=False)
+        patches = F.unfold(resized, kernel_size=patch_size, stride=patch_size).transpose(1, 2).reshape(B * T * n, -1)
+        in_scale = (local >= offset) & (local < offset + n)
+        idx = (frame * n + (local - offset)).clamp(0, B * T * n - 1)  # rows outside the scale are discarded
+        out = torch.where(in_scale[:, None], patches.index_select(0, idx), out)
+        offset += n
+    return out
+
+
+def scale_position_table(grid: torch.Tensor, scales: Sequence[int], patch_size: int) -> torch.Tensor:
+    """(V, D) position embedding of every token of a frame: the learned (gh, gw, D) grid at each scale's
+    (s // p) x (s // p) patch grid, bicubically resized (align_corners=False, no antialias; the grid itself
+    where it already has that size), as the official AutoGaze SigLIP does."""
+    gh, gw, D = grid.shape
+    parts = []
+    for s in scales:
+        n = s // patch_size
+        if (n, n) == (gh, gw):
+            parts.append(grid.reshape(gh * gw, D))
+        else:
+            resized = F.interpolate(grid.permute(2, 0, 1)[None], size=(n, n), mode="bicubic", align_corners=False)
+            parts.append(resized[0].permute(1, 2, 0).reshape(n * n, D))
+    return torch.cat(parts, 0)
