@@ -114,3 +114,14 @@ def random_video(B: int, T: int, H: int = 224, W: int = 224, seed: int = 0, devi
     x = torch.nn.functional.interpolate((base + drift).flatten(0, 1), size=(H, W), mode="bilinear",
                                         align_corners=False)
     return (x.view(B, T, 3, H, W) * 1.2).to(device)
+
+
+@pytest.fixture(scope="session")
+def official_siglip():
+    """(dir, tensors) of the official AutoGaze SigLIP fixture (siglip/ in the fixture set)."""
+    d = fixture_dir()
+    if d is None or not (d / "siglip" / "fixture.safetensors").is_file():
+        _need("official SigLIP fixture (siglip/fixture.safetensors)")
+    from safetensors.torch import load_file
+
+    return d / "siglip", load_file(str(d / "siglip" / "fixture.safetensors"))
