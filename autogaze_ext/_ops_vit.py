@@ -203,9 +203,12 @@ def _has_cuda_kernel() -> bool:
     return HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("autogaze_ext::varlen_attention", "CUDA")
 
 
+BACKENDS = ("auto", "compiled", "torch", "reference")
+
+
 def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqlens: torch.Tensor,
                      cu_frames: torch.Tensor | None = None, mode: str = "block_causal", scale: float | None = None,
-                     num_prefix: int = 0, validate: bool = True) -> torch.Tensor:
+                     num_prefix: int = 0, validate: bool = True, backend: str = "auto") -> torch.Tensor:
     """Softmax attention over packed tokens of several videos, each cut into frames.
 
     q, k, v: (total_tokens, heads, head_dim), one dtype of float32/float16/bfloat16 (scores and softmax in
@@ -222,18 +225,31 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     scale: score multiplier, default head_dim ** -0.5. Returns a (total_tokens, heads, head_dim) tensor of q's
     dtype. validate=True checks the offset values (one small device->host copy; skipped while compiling);
     the CPU kernel checks them in any case.
+
+    backend: ``auto`` (the compiled kernel for the tensor's device when built, else ``torch`` on CUDA and
+    ``reference`` elsewhere), ``compiled``, ``torch`` (CUDA only: torch's varlen FlashAttention where the
+    mode fits it, else SDPA per video with a boolean mask; reads the offsets on the host) or ``reference``.
     """
     if isinstance(q, torch.Tensor) and q.dim() == 3 and scale is None:
         scale = q.shape[2] ** -0.5
     if cu_frames is None:
         cu_frames = cu_seqlens
     _check_varlen_attention_args(q, k, v, cu_seqlens, cu_frames, mode, scale, num_prefix)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     scale, num_prefix = float(scale), int(num_prefix)
     if validate and q.device.type != "meta" and not torch.compiler.is_compiling():
         _validate_offsets(cu_seqlens, cu_frames, q.shape[0])
-    if _use_compiled(q) and (q.device.type != "cuda" or _has_cuda_kernel()):
+    compiled = _use_compiled(q) and (q.device.type != "cuda" or _has_cuda_kernel())
+    if backend == "auto":
+        backend = "compiled" if compiled else "torch" if q.device.type == "cuda" else "reference"
+    if backend == "compiled":
+        if not compiled:
+            raise ValueError(f"backend='compiled': no compiled varlen_attention kernel for {q.device.type} tensors")
         return torch.ops.autogaze_ext.varlen_attention(q, k, v, cu_seqlens, cu_frames, mode, scale, num_prefix)
-    if q.device.type == "cuda":
+    if backend == "torch":
+        if q.device.type != "cuda":
+            raise ValueError(f"backend='torch' needs CUDA tensors, got {q.device}")
         return _attention_torch_cuda(q, k, v, cu_seqlens, cu_frames, mode, scale, num_prefix)
     return varlen_attention_reference(q, k, v, cu_seqlens, cu_frames, mode, scale, num_prefix)
 

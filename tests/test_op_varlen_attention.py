@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from autogaze_ext import _ops
+from autogaze_ext import _ops, _ops_vit
 from autogaze_ext._ops_vit import MODES, _torch_varlen_plan, varlen_attention, varlen_attention_reference
 
 op = torch.ops.autogaze_ext.varlen_attention if _ops.HAS_EXTENSION else None
@@ -193,6 +193,14 @@ def test_default_frames_and_scale():
     assert rel_err(got, want) < 1e-6
 
 
+def test_reference_backend():
+    g = torch.Generator().manual_seed(6)
+    cs, cf, owner = layout([[3, 4], [5, 0, 2]])
+    q, k, v = qkv(g, len(owner), 2, 16)
+    out = varlen_attention(q, k, v, cs, cf, "causal", num_prefix=2, backend="reference")
+    assert torch.equal(out, varlen_attention_reference(q, k, v, cs, cf, "causal", 0.25, 2))
+
+
 def test_fallback_without_extension(monkeypatch):
     g = torch.Generator().manual_seed(5)
     cs, cf, owner = layout([[3, 4], [5, 0, 2]])
@@ -200,6 +208,8 @@ def test_fallback_without_extension(monkeypatch):
     monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
     out = varlen_attention(q, k, v, cs, cf, "block_causal", num_prefix=1)
     check_against_reference(out, q, k, v, cs, cf, "block_causal", 0.25, 1)
+    with pytest.raises(ValueError, match="no compiled varlen_attention kernel"):
+        varlen_attention(q, k, v, cs, cf, backend="compiled")
 
 
 def test_torch_varlen_plan():
@@ -248,6 +258,8 @@ def _bad_cases():
     yield (q, q, q, torch.tensor([0, 5], dtype=torch.int32)), {}, ValueError, "end at total_tokens"
     yield (q, q, q, torch.tensor([0, 4, 2, 6], dtype=torch.int32)), {}, ValueError, "non-decreasing"
     yield (q, q, q, torch.tensor([0, 3, 6], dtype=torch.int32)), {"cu_frames": cf}, ValueError, "missing \\[3\\]"
+    yield (q, q, q, cs), {"backend": "fast"}, ValueError, "backend must be one of"
+    yield (q, q, q, cs), {"backend": "torch"}, ValueError, "needs CUDA tensors"
 
 
 @pytest.mark.parametrize("args,kwargs,exc,match", list(_bad_cases()))
@@ -310,31 +322,39 @@ def test_fake_and_compile():
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
+# the CUDA paths: torch's kernels always, the compiled kernel when this build has one
+CUDA_BACKENDS = ["torch"] + (["compiled"] if _ops_vit._has_cuda_kernel() else [])
+
+
 @pytest.mark.cuda
 @cuda
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("num_prefix", [0, 1, 3])
-@pytest.mark.parametrize("d", [64, 72, 128])
-def test_cuda_against_reference(dtype, mode, num_prefix, d):
+@pytest.mark.parametrize("d", [64, 72, 128, 40, 256])
+def test_cuda_against_reference(backend, dtype, mode, num_prefix, d):
     g = torch.Generator().manual_seed(d + num_prefix)
     lens = random_layout(g, 4, 16, 120)
     lens[0][0] = max(lens[0][0], 3)  # block_causal with a prefix frame takes the FlashAttention route
     cs, cf, owner = layout(lens)
     q, k, v = (t.cuda() for t in qkv(g, len(owner), 3, d, dtype))
-    out = varlen_attention(q, k, v, cs.cuda(), cf.cuda(), mode, num_prefix=num_prefix)
+    out = varlen_attention(q, k, v, cs.cuda(), cf.cuda(), mode, num_prefix=num_prefix, backend=backend)
     assert out.is_cuda
     check_against_reference(out, q, k, v, cs, cf, mode, d ** -0.5, num_prefix)
 
 
 @pytest.mark.cuda
 @cuda
-def test_cuda_edge_layouts_and_long():
+@pytest.mark.parametrize("backend", CUDA_BACKENDS)
+def test_cuda_edge_layouts_and_long(backend):
     g = torch.Generator().manual_seed(9)
-    for lens in ([[1]], [[0, 0, 3], [0, 2, 0]], [[5], [], [0, 0], [4, 1]], [[700 + i for i in range(16)]]):
+    for lens in ([[1]], [[0, 0, 3], [0, 2, 0]], [[5], [], [0, 0], [4, 1]], [[700 + i for i in range(16)]],
+                 [[1] * 70, [0, 129, 1]]):
         cs, cf, owner = layout(lens)
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16):
             q, k, v = (t.cuda() for t in qkv(g, len(owner), 2, 64, dtype))
             for mode in MODES:
-                out = varlen_attention(q, k, v, cs.cuda(), cf.cuda(), mode)
-                check_against_reference(out, q, k, v, cs, cf, mode, 0.125, 0)
+                for p in (0, 2):
+                    out = varlen_attention(q, k, v, cs.cuda(), cf.cuda(), mode, num_prefix=p, backend=backend)
+                    check_against_reference(out, q, k, v, cs, cf, mode, 0.125, p)
