@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 
 #include <limits>
+#include <string_view>
 #include <tuple>
 
 #include "common/gaze_layout.h"
@@ -30,6 +31,13 @@ inline ScaleLayout make_scale_layout(at::IntArrayRef grids) {
   L.offset[grids.size()] = static_cast<int32_t>(offset);
   return L;
 }
+
+// varlen_attention modes (the values the CUDA launcher takes) and the checks both backends share (defined in
+// cpu/varlen_attention.cpp); returns the parsed mode.
+enum class VarlenMode { kBlockCausal = 0, kCausal = 1, kBidirectional = 2, kFrameIndependent = 3 };
+VarlenMode check_varlen_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const at::Tensor& cu_seqlens, const at::Tensor& cu_frames,
+                                         std::string_view mode, int64_t num_prefix);
 
 inline void check_gaze_decode_inputs(const at::Tensor& gazing_pos, const at::Tensor& if_padded, int64_t num_frames) {
   TORCH_CHECK(gazing_pos.dim() == 2, "gazing_pos must be (B, N), got ", gazing_pos.sizes());

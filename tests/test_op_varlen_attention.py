@@ -358,3 +358,79 @@ def test_cuda_edge_layouts_and_long(backend):
                 for p in (0, 2):
                     out = varlen_attention(q, k, v, cs.cuda(), cf.cuda(), mode, num_prefix=p, backend=backend)
                     check_against_reference(out, q, k, v, cs, cf, mode, 0.125, p)
+
+
+def _cuda_kernel_ready():
+    if not _ops_vit._has_cuda_kernel():
+        pytest.skip("this build has no varlen_attention CUDA kernel")
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_cuda_kernel_unaligned_rows(dtype):
+    # contiguous tensors that start one element into an allocation (2-byte aligned halves): the tensor-core
+    # path's 32-bit loads would be misaligned, so the kernel must take its other path
+    _cuda_kernel_ready()
+    g = torch.Generator().manual_seed(12)
+    cs, cf, owner = layout([[30, 20], [10, 45]])
+    q, k, v = qkv(g, len(owner), 2, 64, dtype)
+    shift = [torch.empty(q.numel() + 1, dtype=dtype, device="cuda")[1:].view(q.shape).copy_(t) for t in (q, k, v)]
+    out = op(*shift, cs.cuda(), cf.cuda(), "block_causal", 0.125, 0)
+    check_against_reference(out, q, k, v, cs, cf, "block_causal", 0.125, 0)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_kernel_opcheck_and_graph():
+    _cuda_kernel_ready()
+    g = torch.Generator().manual_seed(13)
+    cs, cf, owner = layout([[40, 0, 70], [25, 33]])
+    q, k, v = (t.cuda() for t in qkv(g, len(owner), 4, 72, torch.bfloat16))
+    csd, cfd = cs.cuda(), cf.cuda()
+    torch.library.opcheck(op, (q, k, v, csd, cfd, "block_causal", 72 ** -0.5, 1))
+    # no host sync inside the op: it can be captured in a CUDA graph and replayed on new values
+    sq = q.clone()
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        op(sq, k, v, csd, cfd, "block_causal", 72 ** -0.5, 0)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = op(sq, k, v, csd, cfd, "block_causal", 72 ** -0.5, 0)
+    q2 = torch.randn(q.shape, generator=g).to("cuda", q.dtype)
+    sq.copy_(q2)
+    graph.replay()
+    torch.cuda.synchronize()
+    check_against_reference(out, q2, k, v, cs, cf, "block_causal", 72 ** -0.5, 0)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_kernel_timing_print():
+    """Not an assertion: compiled kernel vs torch's paths on a SigLIP-B layer's attention (run with -s)."""
+    _cuda_kernel_ready()
+    g = torch.Generator().manual_seed(14)
+    lens = [[49] * 16 for _ in range(32)]  # 32 clips x 16 frames, a quarter of the 196 tokens per frame
+    cs, cf, owner = layout(lens)
+    q, k, v = (t.cuda() for t in qkv(g, len(owner), 12, 64, torch.bfloat16))
+    csd, cfd = cs.cuda(), cf.cuda()
+    rows = []
+    for mode in MODES:
+        times = {}
+        for backend in CUDA_BACKENDS:
+            fn = (lambda b=backend: varlen_attention(q, k, v, csd, cfd, mode, validate=False, backend=b))
+            for _ in range(5):
+                fn()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(20):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            times[backend] = start.elapsed_time(end) / 20
+        rows.append(f"{mode:18} " + "  ".join(f"{b} {t:.3f} ms" for b, t in times.items()))
+    print(f"\nvarlen_attention, {len(owner)} tokens, 12 heads x 64, bf16, on {torch.cuda.get_device_name()}:")
+    print("\n".join(rows))

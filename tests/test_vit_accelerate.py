@@ -228,6 +228,7 @@ def test_errors(transformers):
         (lambda: ag.accelerate(model, scales=(8, 224)), ValueError, "smaller than the patch"),
         (lambda: ag.accelerate(model, scales="32+64"), TypeError, "scales"),
         (lambda: ag.accelerate(model, mode="full"), ValueError, "mode"),
+        (lambda: ag.accelerate(model, attention_backend="flash"), ValueError, "attention_backend"),
         (lambda: vit(video[0], gaze=gaze), ValueError, "video must be"),
         (lambda: vit(video[:, :, :2], gaze=gaze), ValueError, "channels"),
         (lambda: vit(video[:, :1], gaze=gaze), ValueError, "num_gazing_each_frame"),
@@ -311,3 +312,39 @@ def test_timm_unsupported_blocks(timm):
     model.blocks[1] = timm.models.vision_transformer.ResPostBlock(64, 2)
     with pytest.raises(TypeError, match="blocks\\[1\\] is a ResPostBlock"):
         ag.accelerate(model)
+
+
+# ---------------------------------------------------------------------------------------------------- CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_cuda_siglip_fixture_and_bf16(transformers, official_siglip, backend):
+    d, fx = official_siglip
+    model = transformers.SiglipVisionModel.from_pretrained(str(d), attn_implementation="sdpa").eval().cuda()
+    gaze = {k: fx[k].cuda() for k in ("gazing_pos", "num_gazing_each_frame")}
+    gaze["if_padded_gazing"] = fx["if_padded_gazing"].bool().cuda()
+    keep = ~fx["if_padded_gazing"][0].bool()
+    video = fx["video"].cuda()
+    with torch.no_grad():
+        fp32 = ag.accelerate(model, attention_backend=backend)(video, gaze=gaze).features
+        model.to(torch.bfloat16)
+        bf16 = ag.accelerate(model, attention_backend=backend)(video.bfloat16(), gaze=gaze).features
+    assert rel_err(fp32.cpu(), fx["last_hidden_state"][0][keep]) < TOL
+    assert bf16.dtype == torch.bfloat16 and rel_err(bf16.cpu(), fx["last_hidden_state"][0][keep]) < 2e-2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_timm_matches_the_dense_official_approach(timm, mode):
+    model = tiny_timm(timm, 11, reg_tokens=1).cuda()
+    vit = ag.accelerate(model, mode=mode)
+    gaze = {k: v.cuda() for k, v in random_gaze(3, [40, 3, 0, 25], 265, 12).items()}
+    video = video_like(3, 4, 224, 13).cuda()
+    with torch.no_grad():
+        got = vit(video, gaze=gaze).per_video()
+        want = dense_forward(vit, video, gaze)
+    for g, w in zip(got, want):
+        assert rel_err(g.cpu(), w.cpu()) < TOL

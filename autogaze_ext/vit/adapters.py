@@ -17,13 +17,15 @@ from .._ops_vit import varlen_attention
 class PackedAttention:
     """Attention over the packed tokens of one forward: the offsets and mode every layer shares."""
 
-    def __init__(self, cu_seqlens: torch.Tensor, cu_frames: torch.Tensor, mode: str, num_prefix: int):
+    def __init__(self, cu_seqlens: torch.Tensor, cu_frames: torch.Tensor, mode: str, num_prefix: int,
+                 backend: str = "auto"):
         self.cu_seqlens, self.cu_frames, self.mode, self.num_prefix = cu_seqlens, cu_frames, mode, num_prefix
+        self.backend = backend
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         """q, k, v: (total, heads, head_dim) -> (total, heads, head_dim)."""
         return varlen_attention(q.contiguous(), k.contiguous(), v.contiguous(), self.cu_seqlens, self.cu_frames,
-                                self.mode, scale, self.num_prefix, validate=False)
+                                self.mode, scale, self.num_prefix, validate=False, backend=self.backend)
 
 
 class Adapter:

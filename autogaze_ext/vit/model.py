@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._ops_vit import MODES
+from .._ops_vit import BACKENDS, MODES
 from .adapters import Adapter, PackedAttention, make_adapter
 from .tokens import PackedGaze, check_scales, gazed_patches, pack_gaze, scale_position_table, tokens_per_frame
 
@@ -36,7 +36,7 @@ class GazedViT(nn.Module):
     parameters); calling without ``gaze`` is the stock forward."""
 
     def __init__(self, model: nn.Module, scales: Sequence[int] = (32, 64, 112, 224), patch_size: int | None = None,
-                 mode: str = "block_causal"):
+                 mode: str = "block_causal", attention_backend: str = "auto"):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -49,6 +49,9 @@ class GazedViT(nn.Module):
         self.scales = check_scales(scales, self.patch_size)
         self.tokens_per_frame = tokens_per_frame(self.scales, self.patch_size)
         self.mode = _check_mode(mode)
+        if attention_backend not in BACKENDS:
+            raise ValueError(f"attention_backend must be one of {BACKENDS}, got {attention_backend!r}")
+        self.attention_backend = attention_backend
 
     def extra_repr(self) -> str:
         return (f"family={self.adapter.family!r}, scales={self.scales}, patch_size={self.patch_size}, "
@@ -101,7 +104,7 @@ class GazedViT(nn.Module):
         packed = self.pack(video, gaze, validate)
         x = self.adapter.pre_blocks(self.embed(video, packed))
         attend = PackedAttention(packed.cu_seqlens, packed.cu_frames, _check_mode(mode or self.mode),
-                                 packed.num_prefix)
+                                 packed.num_prefix, self.attention_backend)
         x = self.adapter.final_norm(self.adapter.run_blocks(x, attend))
         out = GazedFeatures(x, packed.cu_seqlens, packed.cu_frames, packed.lengths, packed.num_prefix)
         return out.per_video() if as_list else out
@@ -120,18 +123,19 @@ def _gaze_tokens_per_frame(gaze) -> int | None:
 
 
 def accelerate(model: nn.Module, scales: Sequence[int] = (32, 64, 112, 224), patch_size: int | None = None,
-               mode: str = "block_causal") -> GazedViT:
+               mode: str = "block_causal", attention_backend: str = "auto") -> GazedViT:
     """Wrap a stock ViT so that ``vit(video, gaze=out)`` computes only the gazed tokens.
 
     model: a transformers ``SiglipVisionModel`` / ``SiglipModel`` (SigLIP or fixed-resolution SigLIP2
     checkpoints) or a timm ``VisionTransformer``; its weights are used as they are. scales: the sides the
     gaze ids were laid out for (``target_scales`` of the gaze call; ascending); patch_size: checked against
     the model's. mode: attention between tokens of one video, ``block_causal`` (the official default: a token
-    of frame t sees frames 0..t), ``causal``, ``bidirectional`` or ``frame_independent``.
+    of frame t sees frames 0..t), ``causal``, ``bidirectional`` or ``frame_independent``. attention_backend:
+    the ``backend`` of varlen_attention (``auto``: the compiled kernel when built).
 
     Position embeddings: the model's learned grid, bicubically resized to each scale's patch grid as the
     official AutoGaze SigLIP does. timm class / register tokens are kept once per video, first in its
     sequence, with their usual position embedding; every token of the video sees them. Pooling heads
     (SigLIP's attention pooling, timm's pooling and classifier) are not applied.
     """
-    return GazedViT(model, scales, patch_size, mode)
+    return GazedViT(model, scales, patch_size, mode, attention_backend)

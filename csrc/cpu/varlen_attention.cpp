@@ -18,12 +18,15 @@
 
 #include <algorithm>
 #include <limits>
+#include <string>
 #include <string_view>
 #include <vector>
 
+#include "ops.h"
+
 namespace autogaze_ext {
 
-enum class VarlenMode { kBlockCausal = 0, kCausal = 1, kBidirectional = 2, kFrameIndependent = 3 };
+namespace {
 
 VarlenMode parse_varlen_mode(std::string_view mode) {
   if (mode == "block_causal") return VarlenMode::kBlockCausal;
@@ -34,8 +37,10 @@ VarlenMode parse_varlen_mode(std::string_view mode) {
               std::string(mode), "'");
 }
 
+}  // namespace
+
 // Checks shared by the CPU and CUDA ops (shapes, dtypes, devices; offset values are checked by the CPU op and
-// by the Python wrapper). Returns the parsed mode.
+// by the Python wrapper).
 VarlenMode check_varlen_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                          const at::Tensor& cu_seqlens, const at::Tensor& cu_frames,
                                          std::string_view mode, int64_t num_prefix) {
