@@ -172,9 +172,8 @@ def test_no_tokens():
 
 
 @needs_ext
-@pytest.mark.parametrize("mode", ["block_causal", "causal"])
-def test_long_video(mode):
-    # 10k+ tokens in one video of 16 frames; float64 reference
+def test_long_video(mode="block_causal"):
+    # 10k+ tokens in one video of 16 frames; float64 reference (causal masking at scale: the CUDA tests)
     g = torch.Generator().manual_seed(11)
     lens = [[640 + i for i in range(16)]]
     cs, cf, owner = layout(lens)
