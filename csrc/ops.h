@@ -5,8 +5,10 @@
 
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "common/gaze_layout.h"
+#include "common/resample.h"
 
 namespace autogaze_ext {
 
@@ -28,6 +30,28 @@ inline ScaleLayout make_scale_layout(at::IntArrayRef grids) {
     TORCH_CHECK(offset <= std::numeric_limits<int32_t>::max(), "too many tokens per frame");
   }
   L.offset[grids.size()] = static_cast<int32_t>(offset);
+  return L;
+}
+
+// ------------------------------------------------------------------------------ multi-scale patches
+
+constexpr int64_t kMaxPatch = 64;  // patch side limit: the CUDA kernel keeps 2 * patch taps in shared memory
+
+// Builds the multi-scale patch layout (grid side scale / patch per scale), checking what the kernels rely on.
+inline PatchLayout make_patch_layout(at::IntArrayRef scales, int64_t patch) {
+  TORCH_CHECK(patch >= 1 && patch <= kMaxPatch, "patch must be in [1, ", kMaxPatch, "], got ", patch);
+  TORCH_CHECK(!scales.empty() && scales.size() <= static_cast<size_t>(kMaxScales), "scales must hold 1 to ",
+              kMaxScales, " sizes, got ", scales.size());
+  std::vector<int64_t> grids(scales.size());
+  PatchLayout L{};
+  for (size_t s = 0; s < scales.size(); ++s) {
+    TORCH_CHECK(scales[s] >= patch && scales[s] <= (int64_t{1} << 20), "scales[", s, "] must be in [patch = ", patch,
+                ", 2^20], got ", scales[s]);
+    grids[s] = scales[s] / patch;
+    L.scale[s] = static_cast<int32_t>(scales[s]);
+  }
+  L.tokens = make_scale_layout(grids);
+  L.patch = static_cast<int32_t>(patch);
   return L;
 }
 
