@@ -1,7 +1,7 @@
 // multiscale_patches and gather_patches on the GPU. One thread block per output patch: it decodes the
 // token (scale, row, col), puts the 2*p bicubic taps of the patch's rows and columns in shared memory and
 // writes the C*p*p samples contiguously (coalesced). A scale equal to the frame size is a plain copy
-// (float4 when aligned). The gather adds two tiny kernels that number the non-padded slots (per-row block
+// (float4 when aligned; in the dense op a separate band-copy kernel with several loads in flight). The gather adds two tiny kernels that number the non-padded slots (per-row block
 // scan, then a scan over rows), so the packed row of every slot is known without a host round trip.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -113,19 +113,58 @@ struct DenseArgs {
   PatchLayout layout;
   float* out;
   bool vec_ok;
+  // Tokens [skip_first, skip_first + skip_count) of every frame are left to identity_band_kernel.
+  int32_t skip_first, skip_count;
 };
 
-// The layout is read in place from the parameter struct (a by-value PatchLayout argument is copied to the
-// stack because the scale lookup indexes it dynamically).
+// One block per (frame, token), tokens of the skipped range excepted. The layout is read in place from the
+// parameter struct (a by-value PatchLayout argument is copied to the stack because the scale lookup
+// indexes it dynamically).
 template <int P>
 __global__ void __launch_bounds__(kThreads) multiscale_patches_kernel(DenseArgs a) {
   const PatchLayout& L = a.layout;
-  const int64_t V = tokens_per_frame(L.tokens);
-  const int64_t i = blockIdx.x;  // (frame, token)
-  const int64_t n = i / V;
+  const int64_t V = tokens_per_frame(L.tokens), Vk = V - a.skip_count;
+  const int64_t i = blockIdx.x;
+  const int64_t n = i / Vk, k = i - n * Vk;
+  const int64_t local = k < a.skip_first ? k : k + a.skip_count;
   const int64_t K = a.C * L.patch * L.patch;
-  block_patch<P, float>(a.frames + n * a.C * a.H * a.W, a.C, a.H, a.W, L, static_cast<int32_t>(i - n * V),
-                        a.out + i * K, a.vec_ok);
+  block_patch<P, float>(a.frames + n * a.C * a.H * a.W, a.C, a.H, a.W, L, static_cast<int32_t>(local),
+                        a.out + (n * V + local) * K, a.vec_ok);
+}
+
+// The scale equal to the frame size with 16-pixel patches, float4-aligned: a copy. One block per (frame,
+// patch row) reads the row's 16 source lines of every channel (coalesced) and scatters them into the row's
+// patches in 64-byte runs. Each thread holds kCopyBatch 16-byte loads in flight before storing, which a
+// block per patch (one load per thread) cannot.
+constexpr int kCopyBatch = 4;
+
+__global__ void __launch_bounds__(kThreads) identity_band_kernel(DenseArgs a, int32_t s) {
+  constexpr int P = 16, P4 = P / 4;
+  const PatchLayout& L = a.layout;
+  const int32_t g = L.tokens.grid[s];
+  const int64_t V = tokens_per_frame(L.tokens);
+  const int64_t n = blockIdx.x / g, r = blockIdx.x - n * g;
+  const int64_t W4 = a.W / 4, cols4 = static_cast<int64_t>(g) * P4;  // float4 per source line, per band line
+  const int64_t lines = a.C * P, total = lines * cols4, plane4 = a.H * W4, K4 = a.C * P * P4;
+  const float4* src = reinterpret_cast<const float4*>(a.frames + (n * a.C * a.H + r * P) * a.W);
+  float4* dst = reinterpret_cast<float4*>(a.out + (n * V + L.tokens.offset[s] + r * g) * a.C * P * P);
+  for (int64_t base = threadIdx.x; base < total; base += kCopyBatch * static_cast<int64_t>(blockDim.x)) {
+    float4 v[kCopyBatch];
+#pragma unroll
+    for (int j = 0; j < kCopyBatch; ++j) {
+      const int64_t q = base + j * static_cast<int64_t>(blockDim.x);
+      if (q >= total) break;
+      const int64_t line = q / cols4, x4 = q - line * cols4;  // line = c * P + ky
+      v[j] = __ldg(src + (line / P) * plane4 + (line % P) * W4 + x4);
+    }
+#pragma unroll
+    for (int j = 0; j < kCopyBatch; ++j) {
+      const int64_t q = base + j * static_cast<int64_t>(blockDim.x);
+      if (q >= total) break;
+      const int64_t line = q / cols4, x4 = q - line * cols4;
+      dst[(x4 / P4) * K4 + line * P4 + x4 % P4] = v[j];  // patch x4 / P4, element (c, ky, 4 * (x4 % P4))
+    }
+  }
 }
 
 __device__ __forceinline__ bool slot_valid(const int64_t* pos, const bool* pad, int64_t i, int64_t video) {
@@ -270,16 +309,27 @@ cudaError_t launch_gather_typed(const GatherPatchesArgs& a, cudaStream_t stream)
 
 cudaError_t launch_multiscale_patches(const float* frames, int64_t N, int64_t C, int64_t H, int64_t W,
                                       const PatchLayout& L, float* out, cudaStream_t stream) {
-  const int64_t blocks = N * tokens_per_frame(L.tokens);
-  if (blocks == 0) return cudaSuccess;
-  const DenseArgs a{frames, C, H, W, L, out, aligned16(frames) && aligned16(out) && W % 4 == 0};
-  const unsigned grid = static_cast<unsigned>(blocks);
-  if (L.patch == 16)
-    multiscale_patches_kernel<16><<<grid, kThreads, 0, stream>>>(a);
-  else if (L.patch == 14)
-    multiscale_patches_kernel<14><<<grid, kThreads, 0, stream>>>(a);
-  else
-    multiscale_patches_kernel<0><<<grid, kThreads, 0, stream>>>(a);
+  const int64_t V = tokens_per_frame(L.tokens);
+  if (N * V == 0) return cudaSuccess;
+  DenseArgs a{frames, C, H, W, L, out, aligned16(frames) && aligned16(out) && W % 4 == 0, 0, 0};
+  int identity = -1;  // first scale equal to the frame size, copied by identity_band_kernel
+  for (int s = 0; s < L.tokens.num_scales && identity < 0; ++s)
+    if (L.patch == 16 && a.vec_ok && H == L.scale[s] && W == L.scale[s]) identity = s;
+  if (identity >= 0) {
+    a.skip_first = L.tokens.offset[identity];
+    a.skip_count = L.tokens.grid[identity] * L.tokens.grid[identity];
+    identity_band_kernel<<<static_cast<unsigned>(N * L.tokens.grid[identity]), kThreads, 0, stream>>>(a, identity);
+  }
+  const int64_t blocks = N * (V - a.skip_count);
+  if (blocks > 0) {
+    const unsigned grid = static_cast<unsigned>(blocks);
+    if (L.patch == 16)
+      multiscale_patches_kernel<16><<<grid, kThreads, 0, stream>>>(a);
+    else if (L.patch == 14)
+      multiscale_patches_kernel<14><<<grid, kThreads, 0, stream>>>(a);
+    else
+      multiscale_patches_kernel<0><<<grid, kThreads, 0, stream>>>(a);
+  }
   return cudaGetLastError();
 }
 
