@@ -258,3 +258,15 @@ def test_cuda_stream_and_graph():
     torch.cuda.synchronize()
     ref = op(new, 224, 224, 160, 1 / 127.5, True, MEAN, STD)
     assert torch.equal(processed.cpu(), ref[0]) and rel_err(model_input.cpu(), ref[1]) <= 1e-6
+
+
+@pytest.mark.cuda
+@cuda
+@needs_ext
+def test_cuda_processor_uses_the_op():
+    assert _ops.HAS_CUDA_KERNELS
+    frames = random_frames(9, (1, 4, 1080, 1920, 3))
+    proc = AutoGazeImageProcessor()
+    on_gpu = proc(frames, device="cuda")
+    assert on_gpu.is_cuda and torch.equal(on_gpu.cpu(), proc(frames))
+    assert torch.equal(proc(frames.cuda()).cpu(), proc(frames))
