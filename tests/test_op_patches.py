@@ -20,7 +20,8 @@ TOL = 1e-6  # fp32 relative error (norm) against the reference
 TARGET_SCALES = (56, 112, 196, 392)
 
 # (C, H, W, scales, patch): native (V = 265), SigLIP2-so400m tiles (V = 1060), odd sizes with upscaling
-# (scales above the frame), non-square frames, scales not divisible by the patch, one scale, one channel.
+# (scales above the frame), non-square frames, scales not divisible by the patch, one scale, one channel,
+# a repeated scale.
 LAYOUTS = {
     "native": (3, 224, 224, NATIVE_SCALES, 16),
     "target": (3, 392, 392, TARGET_SCALES, 14),
@@ -29,6 +30,8 @@ LAYOUTS = {
     "wide": (3, 224, 398, NATIVE_SCALES, 16),
     "one_scale": (1, 50, 50, (50,), 7),
     "patch1": (4, 9, 9, (3, 9, 12), 1),
+    "remainder": (3, 232, 232, (64, 232), 16),  # the frame-size scale copied, its last 8 pixels dropped
+    "repeated": (3, 64, 64, (32, 64, 64), 16),
 }
 
 
