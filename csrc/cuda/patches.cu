@@ -136,9 +136,12 @@ __global__ void __launch_bounds__(kThreads) multiscale_patches_kernel(DenseArgs 
 // patch row) reads the row's 16 source lines of every channel (coalesced) and scatters them into the row's
 // patches in 64-byte runs. Each thread holds kCopyBatch 16-byte loads in flight before storing, which a
 // block per patch (one load per thread) cannot.
+// 128 threads: a 224-px band is 2688 float4, so each thread runs several batches, and 64 frames (896 bands)
+// still fill every SM in one wave.
 constexpr int kCopyBatch = 4;
+constexpr int kBandThreads = 128;
 
-__global__ void __launch_bounds__(kThreads) identity_band_kernel(DenseArgs a, int32_t s) {
+__global__ void __launch_bounds__(kBandThreads) identity_band_kernel(DenseArgs a, int32_t s) {
   constexpr int P = 16, P4 = P / 4;
   const PatchLayout& L = a.layout;
   const int32_t g = L.tokens.grid[s];
@@ -318,7 +321,8 @@ cudaError_t launch_multiscale_patches(const float* frames, int64_t N, int64_t C,
   if (identity >= 0) {
     a.skip_first = L.tokens.offset[identity];
     a.skip_count = L.tokens.grid[identity] * L.tokens.grid[identity];
-    identity_band_kernel<<<static_cast<unsigned>(N * L.tokens.grid[identity]), kThreads, 0, stream>>>(a, identity);
+    identity_band_kernel<<<static_cast<unsigned>(N * L.tokens.grid[identity]), kBandThreads, 0, stream>>>(a,
+                                                                                                           identity);
   }
   const int64_t blocks = N * (V - a.skip_count);
   if (blocks > 0) {
