@@ -288,8 +288,9 @@ cudaError_t launch_gather_typed(const GatherPatchesArgs& a, cudaStream_t stream)
   row_offsets_kernel<<<1, kScanThreads, 0, stream>>>(counts, a.B, a.packed_rows, a.cu_seqlens);
   const int64_t K = a.C * a.layout.patch * a.layout.patch;
   if (packed && a.packed_rows > 0) {
+    // The tail is usually empty (total == packed_rows): a small grid-stride launch.
     const int64_t work = a.packed_rows * std::max<int64_t>(K, a.D);
-    const int blocks = static_cast<int>(std::min<int64_t>((work + 255) / 256, 4096));
+    const int blocks = static_cast<int>(std::min<int64_t>((work + 255) / 256, 264));
     zero_tail_kernel<OutT><<<blocks, 256, 0, stream>>>(a.cu_seqlens + a.B, a.packed_rows,
                                                        static_cast<OutT*>(a.patches), K,
                                                        static_cast<OutT*>(a.embed_init), a.D);
