@@ -8,6 +8,8 @@
 from .clips import split_clips
 from .config import AutoGazeConfig
 from .model import AutoGaze, GazeOutput, GazeState, exact_fp32
+from ._ops_patches import gather_patches, multiscale_patches, multiscale_pos_table
+from ._ops_preprocess import preprocess
 from .processor import AutoGazeImageProcessor, AutoGazeProcessor
 from .vit import GazedFeatures, GazedViT, accelerate
 
@@ -24,5 +26,9 @@ __all__ = [
     "GazedViT",
     "accelerate",
     "exact_fp32",
+    "gather_patches",
+    "multiscale_patches",
+    "multiscale_pos_table",
+    "preprocess",
     "split_clips",
 ]

@@ -157,5 +157,5 @@ if HAS_EXTENSION:
                 gazing_pos.new_empty((B, N, 4), dtype=torch.int32))
 
 
-# The decoder and ViT ops live in their own modules; importing them registers their fake kernels.
-from . import _ops_attention, _ops_linear, _ops_select, _ops_vit  # noqa: E402,F401
+# The other ops live in their own modules; importing them registers their fake kernels.
+from . import _ops_attention, _ops_linear, _ops_patches, _ops_preprocess, _ops_select, _ops_vit  # noqa: E402,F401

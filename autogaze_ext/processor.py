@@ -2,7 +2,8 @@
 
 Per frame: resize so the shortest edge is 224 (antialiased bilinear on uint8, as PIL does, so
 the resized frame is uint8), ``x/127.5 - 1``, then ImageNet mean/std; no crop. Frames stay
-non-square; the model squashes them to 224x224 itself (spec §2.2).
+non-square; the model squashes them to 224x224 itself (spec §2.2). For a CUDA device (frames
+there, or ``device="cuda"``) the compiled ``preprocess`` op does the same on the GPU, bit for bit.
 """
 from __future__ import annotations
 
@@ -128,6 +129,14 @@ class AutoGazeImageProcessor:
     def __call__(self, frames, device: str | torch.device | None = None) -> torch.Tensor:
         c = self.config
         x = self._to_uint8_tensor(frames)
+        target = torch.device(device) if device is not None else x.device
+        if target.type == "cuda":
+            from . import _ops
+
+            if _ops.HAS_CUDA_KERNELS:  # the fused op on the GPU: the same values, bit for bit
+                from ._ops_preprocess import preprocess
+
+                return preprocess(x.to(target), self, model_size=None)[0]
         B, T, H, W, _ = x.shape
         x = x.reshape(B * T, H, W, 3)
         if c["do_resize"]:

@@ -38,6 +38,24 @@ TORCH_LIBRARY(autogaze_ext, m) {
   // (block_causal), keys up to itself (causal), all (bidirectional) or its own frame (frame_independent),
   // and in every mode the video's first num_prefix keys (class/register tokens). Returns q's shape and dtype.
   m.def("varlen_attention(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens, Tensor cu_frames, str mode, float scale, int num_prefix) -> Tensor");
+
+  // Multi-scale patch sequence and AutoGaze preprocessing (spec §2, §3.4, §6.1). All resampling is torch's
+  // bicubic (A = -0.75, align_corners=False, no antialias, border clamping) unless stated.
+  // frames (N, C, H, W) float32 -> (N, V, C*patch*patch): each frame resized to scale x scale per scale, cut
+  // into patch x patch patches (row-major, channel-major flattening), scales concatenated in the given order;
+  // V = sum((scale // patch)^2).
+  m.def("multiscale_patches(Tensor frames, int[] scales, int patch) -> Tensor");
+  // Only the patches at gazing_pos (B, N) (video-global ids) of frames (B, T, C, H, W), sampled straight from
+  // the frames; with weight (D, C*p*p) also embedded: patch @ weight^T + bias + pos_table[local id] (weight's
+  // dtype). packed_rows < 0: output (B, N, width), padded slots hold the official dummy (token 0 of the video);
+  // packed_rows >= 0: non-padded slots packed in (b, n) order into (packed_rows, width), rows past them zero.
+  // Second output: cu_seqlens (B + 1) int32 of non-padded slots per row, clamped to packed_rows when packed.
+  m.def("gather_patches(Tensor frames, Tensor gazing_pos, Tensor if_padded, int[] scales, int patch, Tensor? weight, Tensor? bias, Tensor? pos_table, int packed_rows) -> (Tensor, Tensor)");
+  // The AutoGaze image processor fused with the in-model resize: frames (N, H, W, 3) uint8 (or float32 on the
+  // 0..255 scale) -> Pillow bilinear (antialiased; bit-exact for uint8) to (out_h, out_w), float64 rescale, -1
+  // if offset, (x - mean) / std -> (N, 3, out_h, out_w) float32; and that resized to model_size x model_size
+  // (bicubic, as the model does), or an empty tensor when model_size is 0.
+  m.def("preprocess(Tensor frames, int out_h, int out_w, int model_size, float rescale, bool offset, float[] mean, float[] std) -> (Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(_C, m) {

@@ -6,8 +6,10 @@
 #include <limits>
 #include <string_view>
 #include <tuple>
+#include <vector>
 
 #include "common/gaze_layout.h"
+#include "common/resample.h"
 
 namespace autogaze_ext {
 
@@ -38,6 +40,28 @@ enum class VarlenMode { kBlockCausal = 0, kCausal = 1, kBidirectional = 2, kFram
 VarlenMode check_varlen_attention_inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                          const at::Tensor& cu_seqlens, const at::Tensor& cu_frames,
                                          std::string_view mode, int64_t num_prefix);
+
+// ------------------------------------------------------------------------------ multi-scale patches
+
+constexpr int64_t kMaxPatch = 64;  // patch side limit: the CUDA kernel keeps 2 * patch taps in shared memory
+
+// Builds the multi-scale patch layout (grid side scale / patch per scale), checking what the kernels rely on.
+inline PatchLayout make_patch_layout(at::IntArrayRef scales, int64_t patch) {
+  TORCH_CHECK(patch >= 1 && patch <= kMaxPatch, "patch must be in [1, ", kMaxPatch, "], got ", patch);
+  TORCH_CHECK(!scales.empty() && scales.size() <= static_cast<size_t>(kMaxScales), "scales must hold 1 to ",
+              kMaxScales, " sizes, got ", scales.size());
+  std::vector<int64_t> grids(scales.size());
+  PatchLayout L{};
+  for (size_t s = 0; s < scales.size(); ++s) {
+    TORCH_CHECK(scales[s] >= patch && scales[s] <= (int64_t{1} << 20), "scales[", s, "] must be in [patch = ", patch,
+                ", 2^20], got ", scales[s]);
+    grids[s] = scales[s] / patch;
+    L.scale[s] = static_cast<int32_t>(scales[s]);
+  }
+  L.tokens = make_scale_layout(grids);
+  L.patch = static_cast<int32_t>(patch);
+  return L;
+}
 
 inline void check_gaze_decode_inputs(const at::Tensor& gazing_pos, const at::Tensor& if_padded, int64_t num_frames) {
   TORCH_CHECK(gazing_pos.dim() == 2, "gazing_pos must be (B, N), got ", gazing_pos.sizes());

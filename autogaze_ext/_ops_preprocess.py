@@ -1,0 +1,126 @@
+"""preprocess: the AutoGaze image processor (spec §2.1) and the model's own resize (spec §2.2) in one op,
+on the frames' device.
+
+Python face of torch.ops.autogaze_ext.preprocess: argument checks, fake kernel, reference (the CPU
+processor of autogaze_ext.processor, which uses Pillow, then F.interpolate bicubic).
+
+uint8 frames give the processor's output bit for bit: the resize repeats Pillow's fixed-point bilinear
+(coefficients normalised in double, 22-bit taps, horizontal pass rounded to uint8, then vertical pass)
+and the value transform repeats its float64 rescale and float32 normalisation. float32 frames (values on
+the 0..255 scale) are resized like a Pillow "F" image per channel (double taps and sums, no rounding).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.nn.functional as F
+
+from . import _ops
+from ._ops import _check_int, _use_compiled
+from .processor import AutoGazeImageProcessor, output_size
+
+MAX_SIDE = 1 << 20
+
+
+def _processor_args(processor) -> dict:
+    if processor is None:
+        processor = AutoGazeImageProcessor()
+    elif isinstance(processor, Mapping):
+        processor = AutoGazeImageProcessor(**processor)
+    elif not isinstance(processor, AutoGazeImageProcessor):
+        raise TypeError(f"processor must be an AutoGazeImageProcessor, a config dict or None, "
+                        f"got {type(processor).__name__}")
+    c = processor.config
+    rescale = float(c["rescale_factor"]) if c["do_rescale"] else 1.0
+    mean, std = (list(map(float, c["image_mean"])), list(map(float, c["image_std"]))) if c["do_normalize"] \
+        else ([0.0] * 3, [1.0] * 3)
+    if len(mean) != 3 or len(std) != 3 or 0.0 in std:
+        raise ValueError(f"processor: image_mean and image_std must hold 3 values (std non-zero), got {mean}, {std}")
+    return dict(config=c, rescale=rescale, offset=bool(c["offset"] and c["do_rescale"]), mean=mean, std=std)
+
+
+def _check_frames(frames) -> torch.Tensor:
+    if not isinstance(frames, torch.Tensor):
+        raise TypeError(f"frames must be a torch.Tensor, got {type(frames).__name__}")
+    if frames.dtype not in (torch.uint8, torch.float32):
+        raise TypeError(f"frames must be uint8 (or float32 on the 0..255 scale), got {frames.dtype}")
+    if frames.dim() == 4:
+        frames = frames.unsqueeze(0)
+    if frames.dim() != 5 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be (T, H, W, 3) or (B, T, H, W, 3) RGB, got shape {tuple(frames.shape)}")
+    if 0 in frames.shape[2:4]:
+        raise ValueError(f"frames has an empty spatial dim: {tuple(frames.shape)}")
+    if max(frames.shape[2:4]) > MAX_SIDE:
+        raise ValueError(f"frames is too large: {tuple(frames.shape)}")
+    return frames
+
+
+def preprocess_reference(frames: torch.Tensor, processor=None, model_size: int = 224) -> tuple[torch.Tensor,
+                                                                                             torch.Tensor]:
+    """The CPU processor (Pillow) then the model's bicubic resize; uint8 frames only (no checks)."""
+    proc = processor if isinstance(processor, AutoGazeImageProcessor) else AutoGazeImageProcessor(
+        **(processor or {}))
+    video = proc(frames.cpu()).to(frames.device)
+    B, T, C, H, W = video.shape
+    if not model_size or (H, W) == (model_size, model_size):
+        return video, video
+    x = F.interpolate(video.reshape(B * T, C, H, W), size=(model_size, model_size), mode="bicubic",
+                      align_corners=False)
+    return video, x.view(B, T, C, model_size, model_size)
+
+
+def preprocess(frames: torch.Tensor, processor=None, model_size: int | None = 224) -> tuple[torch.Tensor,
+                                                                                          torch.Tensor]:
+    """Video frames -> (processed, model_input), on the frames' device.
+
+    frames: (T, H, W, 3) or (B, T, H, W, 3) RGB, uint8 (or float32 on the 0..255 scale).
+    processor: an AutoGazeImageProcessor, its config dict, or None for the released settings (shortest
+    edge 224, Pillow bilinear, x/127.5 - 1, ImageNet mean/std).
+    Returns processed (B, T, 3, H', W') float32 -- what AutoGazeImageProcessor returns -- and model_input
+    (B, T, 3, S, S), S = model_size: processed resized as the model does it (bicubic, align_corners=False);
+    the same tensor as processed when it already is S x S or model_size is None/0.
+    """
+    frames = _check_frames(frames)
+    args = _processor_args(processor)
+    size = 0 if model_size is None else _check_int(model_size, "model_size", 0)
+    if size > MAX_SIDE:
+        raise ValueError(f"model_size must be <= {MAX_SIDE}, got {size}")
+    B, T, H, W, _ = frames.shape
+    c = args["config"]
+    oh, ow = output_size(H, W, c["size"]) if c["do_resize"] else (H, W)
+    if not (1 <= oh <= MAX_SIDE and 1 <= ow <= MAX_SIDE):
+        raise ValueError(f"processor: output size {(oh, ow)} out of range for frames {(H, W)}")
+    if (oh, ow) == (size, size):
+        size = 0
+    x = frames.reshape(B * T, H, W, 3)
+    if B * T == 0:
+        processed = frames.new_empty((B, T, 3, oh, ow), dtype=torch.float32)
+        return processed, (processed if not size else processed.new_empty((B, T, 3, size, size)))
+    if _use_compiled(x):
+        processed, model_input = torch.ops.autogaze_ext.preprocess(x, oh, ow, size, args["rescale"], args["offset"],
+                                                                   args["mean"], args["std"])
+    else:
+        if x.dtype != torch.uint8:
+            raise ValueError("float32 frames need the compiled extension (the reference path is the uint8 "
+                             "processor)")
+        proc = AutoGazeImageProcessor(**{**c, "size": {"height": oh, "width": ow}})
+        processed, model_input = preprocess_reference(x[None], proc, size)
+        processed = processed.reshape(B * T, 3, oh, ow)
+        model_input = model_input.reshape(B * T, 3, *model_input.shape[-2:])
+    processed = processed.view(B, T, 3, oh, ow)
+    if not size:
+        return processed, processed
+    return processed, model_input.view(B, T, 3, size, size)
+
+
+if _ops.HAS_EXTENSION:
+
+    @torch.library.register_fake("autogaze_ext::preprocess")
+    def _preprocess_fake(frames, out_h, out_w, model_size, rescale, offset, mean, std):
+        torch._check(frames.dim() == 4 and frames.shape[3] == 3, lambda: "preprocess: frames must be (N, H, W, 3)")
+        N = frames.shape[0]
+        processed = frames.new_empty((N, 3, out_h, out_w), dtype=torch.float32)
+        shape = (N, 3, model_size, model_size) if model_size > 0 else (0,)
+        return processed, frames.new_empty(shape, dtype=torch.float32)
