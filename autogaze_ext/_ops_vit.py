@@ -161,6 +161,30 @@ def _torch_varlen_plan(q, videos: list[int], frames: list[int], mode: str, num_p
     return None
 
 
+def _torch_varlen_kwargs(causal: bool, used, scale: float, device) -> dict | None:
+    """Keyword arguments for this torch's varlen_attn, or None when it lacks one the plan needs (its
+    signature changed across torch releases: torch 2.11's has no window_size/seqused_k)."""
+    import inspect
+
+    params = inspect.signature(_torch_varlen()).parameters
+    kw: dict = {}
+    if "scale" not in params:
+        return None
+    kw["scale"] = scale
+    if "window_size" in params:
+        kw["window_size"] = (-1, 0) if causal else (-1, -1)
+    elif "is_causal" in params:
+        kw["is_causal"] = causal
+    elif causal:
+        return None
+    if used is not None:  # overlapping key ranges (block_causal): FlashAttention with per-sequence key counts
+        if "seqused_k" not in params or "num_splits" not in params:
+            return None
+        kw["seqused_k"] = torch.tensor(used, dtype=torch.int32, device=device)
+        kw["num_splits"] = 1
+    return kw
+
+
 def _frame_video(videos: list[int], frames: list[int]) -> list[int]:
     """Index of the video holding each frame (host lists of offsets; empty frames go to a neighbour)."""
     out, b = [], 0
@@ -176,13 +200,11 @@ def _attention_torch_cuda(q, k, v, cu_seqlens, cu_frames, mode, scale, num_prefi
     per video with a boolean mask. Reads the offsets on the host once (a few hundred bytes)."""
     videos, frames = cu_seqlens.tolist(), cu_frames.tolist()
     plan = _torch_varlen_plan(q, videos, frames, mode, num_prefix)
-    if plan is not None:
-        cu_q, cu_k, max_q, max_k, causal, used = plan
+    kwargs = None if plan is None else _torch_varlen_kwargs(plan[4], plan[5], scale, q.device)
+    if kwargs is not None:
+        cu_q, cu_k, max_q, max_k, _, _ = plan
         as_dev = (lambda x: torch.tensor(x, dtype=torch.int32, device=q.device))
-        return _torch_varlen()(q, k, v, as_dev(cu_q), as_dev(cu_k), max_q, max_k, scale=scale,
-                               window_size=(-1, 0) if causal else (-1, -1),
-                               seqused_k=None if used is None else as_dev(used),
-                               num_splits=None if used is None else 1)  # 1: FlashAttention, which allows overlap
+        return _torch_varlen()(q, k, v, as_dev(cu_q), as_dev(cu_k), max_q, max_k, **kwargs)
     out = torch.empty_like(q)
     s, lo, hi, pend = token_key_ranges(cu_seqlens, cu_frames, mode, num_prefix, q.shape[0])
     for a, b in zip(videos, videos[1:]):

@@ -433,3 +433,22 @@ def test_cuda_kernel_timing_print():
         rows.append(f"{mode:18} " + "  ".join(f"{b} {t:.3f} ms" for b, t in times.items()))
     print(f"\nvarlen_attention, {len(owner)} tokens, 12 heads x 64, bf16, on {torch.cuda.get_device_name()}:")
     print("\n".join(rows))
+
+
+def test_torch_varlen_kwargs_follow_the_installed_signature(monkeypatch):
+    """Older torch varlen_attn (no window_size / seqused_k): plans that need them fall back to SDPA."""
+    import autogaze_ext._ops_vit as mod
+
+    def old(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None, is_causal=False):
+        raise AssertionError("not called here")
+
+    def new(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None,
+            window_size=(-1, -1), seqused_k=None, num_splits=None):
+        raise AssertionError("not called here")
+
+    monkeypatch.setattr(mod, "_torch_varlen", lambda: old)
+    assert mod._torch_varlen_kwargs(True, None, 0.1, "cpu") == {"scale": 0.1, "is_causal": True}
+    assert mod._torch_varlen_kwargs(False, [3, 5], 0.1, "cpu") is None
+    monkeypatch.setattr(mod, "_torch_varlen", lambda: new)
+    kw = mod._torch_varlen_kwargs(False, [3, 5], 0.1, "cpu")
+    assert kw["window_size"] == (-1, -1) and kw["seqused_k"].tolist() == [3, 5] and kw["num_splits"] == 1
