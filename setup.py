@@ -45,7 +45,7 @@ class CMakeBuild(build_ext):
         import pybind11
         import torch
 
-        out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        target = Path(self.get_ext_fullpath(ext.name)).resolve()
         # CMake finds nvcc (CUDA_HOME, CUDA_PATH, CUDACXX, PATH) and builds the CUDA kernels when it can.
         no_cuda = not torch.version.cuda or os.environ.get("AUTOGAZE_EXT_NO_CUDA", "0") not in ("", "0")
         # One CMake tree per (python, torch, CUDA setup) so switching environments never reuses a stale
@@ -65,7 +65,9 @@ class CMakeBuild(build_ext):
             f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DPython_EXECUTABLE={sys.executable}",
-            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            # built inside this environment's own tree, then copied: with one shared output path another
+            # environment's newer module would pass for up to date here
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={build_dir / 'out'}",
             f"-DAUTOGAZE_EXT_CUDA={'OFF' if no_cuda else 'AUTO'}",
         ]
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -78,6 +80,11 @@ class CMakeBuild(build_ext):
             subprocess.run(args, check=True, env=env)
             t1 = time.perf_counter()
             subprocess.run([_tool("cmake", "cmake"), "--build", str(build_dir), "-j", jobs], check=True, env=env)
+            built = build_dir / "out" / target.name
+            if not built.is_file():
+                sys.exit(f"autogaze_ext: the build did not produce {built}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(built, target)
             t2 = time.perf_counter()
         print(f"autogaze_ext: configure {t1 - t0:.1f}s, "
               f"compile {t2 - t1:.1f}s, {jobs} jobs, build dir {build_dir}", flush=True)
