@@ -279,7 +279,10 @@ __global__ void __launch_bounds__(kMmaThreads) varlen_attention_mma(Params p) {
   }
 
   for (int seg = 0; seg < 2; ++seg) {
-    for (int kb = seg_begin[seg]; kb < seg_end[seg]; kb += kKeys) {
+    // a key tile may run past its segment's end into the other segment: count only this segment's keys,
+    // so a key is never visited twice
+    const int seg_hi = seg_end[seg];
+    for (int kb = seg_begin[seg]; kb < seg_hi; kb += kKeys) {
       // K tile row-major, V tile transposed ([dim][key]); keys past the end are zeros (and masked)
       load_rows<T, DP, QS>(qk_tile, k, kb, p.total, stride, hoff, p.d);
       for (int idx = threadIdx.x; idx < kKeys * (DP / 2); idx += kMmaThreads) {
@@ -309,14 +312,16 @@ __global__ void __launch_bounds__(kMmaThreads) varlen_attention_mma(Params p) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const RowRange& r = rr[half];
-        const bool all_visible = (kb >= r.lo && kb + kKeys <= r.hi) || (kb >= r.s && kb + kKeys <= r.pend);
+        const bool all_visible = kb + kKeys <= seg_hi &&
+                                 ((kb >= r.lo && kb + kKeys <= r.hi) || (kb >= r.s && kb + kKeys <= r.pend));
 #pragma unroll
         for (int nt = 0; nt < kKeys / 8; ++nt) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             float& x = s[nt][half * 2 + e];
             x *= p.scale_log2;
-            if (!all_visible && !visible(r, kb + nt * 8 + tig * 2 + e)) x = -INFINITY;
+            const int j = kb + nt * 8 + tig * 2 + e;
+            if (!all_visible && (j >= seg_hi || !visible(r, j))) x = -INFINITY;
             mx[half] = fmaxf(mx[half], x);
           }
         }
@@ -423,11 +428,8 @@ cudaError_t launch_varlen_attention(const void* q, const void* k, const void* v,
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return err;
-  // tensor cores from sm_80; their 32-bit loads and stores need 4-byte aligned rows. frame_independent with
-  // prefix keys stays on the per-row kernel: the tiled kernel's prefix handling in that mode failed the
-  // H100 tests (fp16/bf16, prefix 1 and 3), while the per-row kernel passed them.
-  const bool tensor_cores = major >= 8 && aligned4(q) && aligned4(k) && aligned4(v) && aligned4(out) &&
-                            !(mode == 3 && p.num_prefix > 0);
+  // tensor cores from sm_80; their 32-bit loads and stores need 4-byte aligned rows
+  const bool tensor_cores = major >= 8 && aligned4(q) && aligned4(k) && aligned4(v) && aligned4(out);
   switch (dtype) {
     case VarlenDtype::kFloat16: return launch_typed<__half>(p, tensor_cores, stream);
     case VarlenDtype::kBFloat16: return launch_typed<__nv_bfloat16>(p, tensor_cores, stream);
