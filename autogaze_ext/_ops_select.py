@@ -1,7 +1,7 @@
 """select_step: one decode step's token choice and frame-state update on the device (spec §5.4).
 
 Python face of torch.ops.autogaze_ext.select_step: argument checks, fake kernel, and the pure-PyTorch
-reference (the selection part of ``FastGazeRunner.step`` in model/fast.py, same in-place semantics),
+reference (also what ``FastGazeRunner.step`` in model/fast.py runs when the compiled ops are absent),
 which is also the fallback when the compiled kernel for the tensors' device is missing.
 """
 

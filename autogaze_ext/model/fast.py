@@ -24,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._ops_select import select_step_reference
 from .decoder import GazeDecoder, apply_rope, rope_cos_sin
 
 _NEG_INF = float("-inf")
@@ -243,37 +244,11 @@ class FastGazeRunner:
 
     def step(self) -> None:
         """Choose the next chunk for every row, then feed it back; a no-op once the frame is done."""
-        B, K, eos = self.B, self.K, self.eos
         logits, loss_pred = self._heads(self.h)
-        if self.use_ops:
-            chunk = torch.ops.autogaze_ext.select_step(
-                logits.contiguous(), loss_pred.contiguous(), self.cap, self.req, self.has_req,
-                self.banned, self.unfinished, self.fids, self.n, self.first, self.active)
-            self._feed(chunk, self.active)
-            return
-        scores = logits.masked_fill(self.banned[:, None, :], _NEG_INF)
-        chunk_ban = torch.zeros(B, self.vocab, dtype=torch.bool, device=scores.device)
-        picks = []
-        for k in range(K):
-            tok = scores[:, k].masked_fill(chunk_ban, _NEG_INF).argmax(-1)
-            picks.append(tok)
-            chunk_ban.scatter_(1, tok[:, None], True)
-        chunk = torch.stack(picks, dim=1)
-        k_max = torch.clamp(self.cap - self.n, 0, K) * self.active  # slots this step emits
-        in_chunk = self.karange[None, :] < k_max
-        chunk = torch.where(self.unfinished[:, None], chunk, eos)
-        met = (loss_pred <= self.req[:, None]) & in_chunk & self.has_req
-        met = met & ~(self.first & (self.karange == 0))[None, :]
-        chunk = torch.where(met | ~in_chunk, eos, chunk)
-        hit_cap = self.n + K >= self.cap
-        self.unfinished.copy_(self.unfinished & ~met.any(1) & ~hit_cap & self.active)
-        self.fids.index_copy_(1, self.n + self.karange, chunk)
-        self.banned.scatter_(1, chunk, True)
-        self.n.add_(k_max)
-        self.first.copy_(self.first & ~self.active)
-        feed = self.active & self.unfinished.any()
-        self.active.copy_(feed)
-        self._feed(chunk, feed)
+        select = torch.ops.autogaze_ext.select_step if self.use_ops else select_step_reference
+        chunk = select(logits.contiguous(), loss_pred.contiguous(), self.cap, self.req, self.has_req,
+                       self.banned, self.unfinished, self.fids, self.n, self.first, self.active)
+        self._feed(chunk, self.active)  # select leaves active = (still active) and any row unfinished
 
     def _feed(self, chunk: torch.Tensor, feed: torch.Tensor) -> None:
         """Feed the chunk back with the frame's stale positions (every fed slot is visible inside
