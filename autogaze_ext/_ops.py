@@ -79,13 +79,18 @@ def _check_grids(grids) -> tuple[int, ...]:
 # ---------------------------------------------------------------------------------------------- gaze_decode
 
 
-def _check_gaze_decode_args(gazing_pos, if_padded, num_frames, grids) -> tuple[int, tuple[int, ...]]:
+def _check_gaze_ids(gazing_pos, if_padded) -> None:
+    """gazing_pos (B, N) int64 with a matching bool if_padded: shared by every op that takes gaze ids."""
     _check_tensor(gazing_pos, "gazing_pos", torch.int64)
     _check_tensor(if_padded, "if_padded", torch.bool)
     if gazing_pos.dim() != 2:
         raise ValueError(f"gazing_pos must be (B, N), got shape {tuple(gazing_pos.shape)}")
     if if_padded.shape != gazing_pos.shape:
         raise ValueError(f"if_padded shape {tuple(if_padded.shape)} must match gazing_pos {tuple(gazing_pos.shape)}")
+
+
+def _check_gaze_decode_args(gazing_pos, if_padded, num_frames, grids) -> tuple[int, tuple[int, ...]]:
+    _check_gaze_ids(gazing_pos, if_padded)
     if if_padded.device != gazing_pos.device:
         raise ValueError(f"if_padded is on {if_padded.device} but gazing_pos on {gazing_pos.device}")
     return _check_int(num_frames, "num_frames", 1), _check_grids(grids)

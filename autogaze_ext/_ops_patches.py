@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _ops
-from ._ops import MAX_SCALES, _check_int, _check_tensor, _use_compiled
+from ._ops import MAX_SCALES, _check_gaze_ids, _check_int, _check_tensor, _use_compiled
 
 NATIVE_SCALES = (32, 64, 112, 224)
 NATIVE_PATCH = 16
@@ -153,12 +153,7 @@ def _check_gather_args(frames, gazing_pos, if_padded, scales, patch, weight, bia
     if frames.shape[1] == 0:
         raise ValueError(f"frames must hold at least one frame per video, got shape {tuple(frames.shape)}")
     scales, patch = _check_layout(scales, patch)
-    _check_tensor(gazing_pos, "gazing_pos", torch.int64)
-    _check_tensor(if_padded, "if_padded", torch.bool)
-    if gazing_pos.dim() != 2:
-        raise ValueError(f"gazing_pos must be (B, N), got shape {tuple(gazing_pos.shape)}")
-    if if_padded.shape != gazing_pos.shape:
-        raise ValueError(f"if_padded shape {tuple(if_padded.shape)} must match gazing_pos {tuple(gazing_pos.shape)}")
+    _check_gaze_ids(gazing_pos, if_padded)
     if gazing_pos.shape[0] != frames.shape[0]:
         raise ValueError(f"gazing_pos has {gazing_pos.shape[0]} rows but frames a batch of {frames.shape[0]}")
     for name, t in (("gazing_pos", gazing_pos), ("if_padded", if_padded)):
