@@ -348,3 +348,60 @@ def test_cuda_timm_matches_the_dense_official_approach(timm, mode):
         want = dense_forward(vit, video, gaze)
     for g, w in zip(got, want):
         assert rel_err(g.cpu(), w.cpu()) < TOL
+
+
+# ---------------------------------------------------------------------------------------------- CUDA graphs
+
+
+def test_bucket_rows():
+    from autogaze_ext.vit.graphs import bucket_rows
+
+    assert [bucket_rows(n) for n in (1, 64, 65, 127, 128, 129, 1000, 1024, 1025)] == \
+        [64, 64, 128, 128, 128, 192, 1024, 1024, 1152]
+    for n in range(1, 70000, 37):  # never smaller; less than 64 rows or 12.5% larger
+        b = bucket_rows(n)
+        assert n <= b and b - n < max(64, n // 8 + 1) and b % 64 == 0
+
+
+def test_cuda_graphs_need_cuda(transformers):
+    vit = ag.accelerate(tiny_siglip(transformers, 3), cuda_graphs=True)
+    gaze = random_gaze(1, [5, 2], 265, 4)
+    with pytest.raises(RuntimeError, match="cuda_graphs=True needs CUDA"), torch.no_grad():
+        vit(video_like(1, 2, 224, 5), gaze=gaze)
+    with pytest.raises(TypeError, match="cuda_graphs"):
+        ag.accelerate(tiny_siglip(transformers, 3), cuda_graphs="yes")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", ["siglip", "timm"])
+def test_cuda_graphed_block_stack_matches_eager(transformers, family):
+    from autogaze_ext._ops_vit import _has_cuda_kernel
+
+    if not _has_cuda_kernel():
+        pytest.skip("graphs need the compiled varlen_attention kernel")
+    if family == "timm":
+        model = tiny_timm(pytest.importorskip("timm"), 21, reg_tokens=1).cuda()
+    else:
+        model = tiny_siglip(transformers, 21).cuda()
+    from autogaze_ext.vit.graphs import bucket_rows
+
+    eager = ag.accelerate(model, cuda_graphs=False)
+    graphed = ag.accelerate(model, cuda_graphs=True)
+    auto = ag.accelerate(model)
+    # token counts sharing a bucket, another mode, a one-token batch
+    cases = [(2, [40, 3, 0, 25], "block_causal"), (2, [38, 5, 2, 20], "block_causal"),
+             (2, [30, 9, 1, 24], "causal"), (1, [1, 0, 0, 0], "block_causal")]
+    keys = set()
+    for seed, (B, counts, mode) in enumerate(cases):
+        gaze = {k: v.cuda() for k, v in random_gaze(B, counts, 265, 30 + seed).items()}
+        video = video_like(B, 4, 224, 40 + seed).cuda()
+        with torch.no_grad():
+            want = eager(video, gaze=gaze, mode=mode).features
+            for _ in range(2):  # the first call captures, the second replays
+                got = graphed(video, gaze=gaze, mode=mode).features
+                assert got.shape == want.shape and rel_err(got, want) < TOL
+        keys.add((bucket_rows(want.shape[0]), B, mode))
+        with torch.enable_grad():  # autograd: auto falls back to the eager blocks
+            assert rel_err(auto(video, gaze=gaze, mode=mode).features.detach(), want) < TOL
+    assert len(graphed._graphs) == len(keys) and len(auto._graphs) == 0 and len(eager._graphs) == 0

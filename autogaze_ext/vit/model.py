@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._ops_vit import BACKENDS, MODES
+from .._ops_vit import BACKENDS, MODES, _has_cuda_kernel
 from .adapters import Adapter, PackedAttention, make_adapter
-from .tokens import PackedGaze, check_scales, gazed_patches, pack_gaze, scale_position_table, tokens_per_frame
+from .graphs import BlockGraphs
+from .tokens import PackedGaze, check_scales, pack_gaze, packed_patches, scale_position_table, tokens_per_frame
 
 
 @dataclass
@@ -36,7 +37,7 @@ class GazedViT(nn.Module):
     parameters); calling without ``gaze`` is the stock forward."""
 
     def __init__(self, model: nn.Module, scales: Sequence[int] = (32, 64, 112, 224), patch_size: int | None = None,
-                 mode: str = "block_causal", attention_backend: str = "auto"):
+                 mode: str = "block_causal", attention_backend: str = "auto", cuda_graphs: bool | None = None):
         super().__init__()
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -52,6 +53,25 @@ class GazedViT(nn.Module):
         if attention_backend not in BACKENDS:
             raise ValueError(f"attention_backend must be one of {BACKENDS}, got {attention_backend!r}")
         self.attention_backend = attention_backend
+        if cuda_graphs is not None and not isinstance(cuda_graphs, bool):
+            raise TypeError(f"cuda_graphs must be None (auto), True or False, got {cuda_graphs!r}")
+        self.cuda_graphs = cuda_graphs
+        self._graphs = BlockGraphs()
+
+    def clear_graphs(self) -> None:
+        """Drop the captured block-stack graphs (after replacing parameter tensors or moving the model)."""
+        self._graphs.clear()
+
+    def _use_graphs(self, x: torch.Tensor) -> bool:
+        """Graphs need CUDA, the compiled attention kernel (torch's varlen path reads offsets on the host)
+        and no autograd; None picks them whenever that holds."""
+        able = (x.is_cuda and self.attention_backend in ("auto", "compiled") and _has_cuda_kernel()
+                and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters()))
+                and not torch.cuda.is_current_stream_capturing())
+        if self.cuda_graphs and not able:
+            raise RuntimeError("cuda_graphs=True needs CUDA tensors, the compiled varlen_attention kernel, "
+                               "attention_backend 'auto' or 'compiled', and no autograd (use torch.no_grad())")
+        return able if self.cuda_graphs is None else self.cuda_graphs
 
     def extra_repr(self) -> str:
         return (f"family={self.adapter.family!r}, scales={self.scales}, patch_size={self.patch_size}, "
@@ -79,7 +99,7 @@ class GazedViT(nn.Module):
         """(total, D) input tokens: gazed patches x patch embedding + per-scale position embedding, and the
         prefix tokens at their rows."""
         a = self.adapter
-        x = a.embed_patches(gazed_patches(video, packed.flat_ids, self.scales, self.patch_size))
+        x = a.embed_patches(packed_patches(video, packed, self.scales, self.patch_size))
         grid = a.position_grid()
         if grid is not None:
             x = x + scale_position_table(grid, self.scales, self.patch_size).index_select(0, packed.local_ids)
@@ -102,12 +122,26 @@ class GazedViT(nn.Module):
             raise TypeError(f"the gazed forward takes only video, gaze, mode, as_list and validate; got extra "
                             f"{len(args)} positional and {sorted(kwargs)} keyword arguments")
         packed = self.pack(video, gaze, validate)
-        x = self.adapter.pre_blocks(self.embed(video, packed))
-        attend = PackedAttention(packed.cu_seqlens, packed.cu_frames, _check_mode(mode or self.mode),
-                                 packed.num_prefix, self.attention_backend)
-        x = self.adapter.final_norm(self.adapter.run_blocks(x, attend))
+        mode = _check_mode(mode or self.mode)
+        x = self.embed(video, packed)
+        run = self._block_stack(mode, packed.num_prefix)
+        if self._use_graphs(x):
+            x = self._graphs(run, x, packed.cu_seqlens, packed.cu_frames, (mode, packed.num_prefix))
+        else:
+            x = run(x, packed.cu_seqlens, packed.cu_frames)
         out = GazedFeatures(x, packed.cu_seqlens, packed.cu_frames, packed.lengths, packed.num_prefix)
         return out.per_video() if as_list else out
+
+
+    def _block_stack(self, mode: str, num_prefix: int):
+        """(x, cu_seqlens, cu_frames) -> features: pre-norm, the blocks on packed tokens, final norm."""
+        a = self.adapter
+
+        def run(x, cu_seqlens, cu_frames):
+            attend = PackedAttention(cu_seqlens, cu_frames, mode, num_prefix, self.attention_backend)
+            return a.final_norm(a.run_blocks(a.pre_blocks(x), attend))
+
+        return run
 
 
 def _check_mode(mode) -> str:
@@ -123,7 +157,8 @@ def _gaze_tokens_per_frame(gaze) -> int | None:
 
 
 def accelerate(model: nn.Module, scales: Sequence[int] = (32, 64, 112, 224), patch_size: int | None = None,
-               mode: str = "block_causal", attention_backend: str = "auto") -> GazedViT:
+               mode: str = "block_causal", attention_backend: str = "auto",
+               cuda_graphs: bool | None = None) -> GazedViT:
     """Wrap a stock ViT so that ``vit(video, gaze=out)`` computes only the gazed tokens.
 
     model: a transformers ``SiglipVisionModel`` / ``SiglipModel`` (SigLIP or fixed-resolution SigLIP2
@@ -131,11 +166,13 @@ def accelerate(model: nn.Module, scales: Sequence[int] = (32, 64, 112, 224), pat
     gaze ids were laid out for (``target_scales`` of the gaze call; ascending); patch_size: checked against
     the model's. mode: attention between tokens of one video, ``block_causal`` (the official default: a token
     of frame t sees frames 0..t), ``causal``, ``bidirectional`` or ``frame_independent``. attention_backend:
-    the ``backend`` of varlen_attention (``auto``: the compiled kernel when built).
+    the ``backend`` of varlen_attention (``auto``: the compiled kernel when built). cuda_graphs: run the block
+    stack as a CUDA-graph replay (None: whenever possible — CUDA, the compiled attention kernel, no autograd;
+    see ``autogaze_ext.vit.graphs``); one graph per bucket of token counts is captured on first use.
 
     Position embeddings: the model's learned grid, bicubically resized to each scale's patch grid as the
     official AutoGaze SigLIP does. timm class / register tokens are kept once per video, first in its
     sequence, with their usual position embedding; every token of the video sees them. Pooling heads
     (SigLIP's attention pooling, timm's pooling and classifier) are not applied.
     """
-    return GazedViT(model, scales, patch_size, mode, attention_backend)
+    return GazedViT(model, scales, patch_size, mode, attention_backend, cuda_graphs)

@@ -42,6 +42,8 @@ class PackedGaze:
     batch, ``local_ids`` the V patches of one frame; ``rows`` are the sequence rows of the gazed tokens.
     """
 
+    gazing_pos: torch.Tensor  # (B, N) int64, the gaze's slots
+    real: torch.Tensor  # (B, N) bool, the slots kept (not padded, id in range)
     flat_ids: torch.Tensor  # (n,) int64
     local_ids: torch.Tensor  # (n,) int64
     rows: torch.Tensor  # (n,) int64
@@ -85,12 +87,13 @@ def pack_gaze(gaze, num_frames: int, tokens_per_frame: int, num_prefix: int = 0,
                          f"summing to gazing_pos's {pos.shape[1]} slots")
     video_tokens = num_frames * tokens_per_frame
     pad, dev = pad.to(device=pos.device, dtype=torch.bool), pos.device
-    real = ~pad
+    in_range = (pos >= 0) & (pos < video_tokens)
     if validate:
-        bad = real & ((pos < 0) | (pos >= video_tokens))
+        bad = ~pad & ~in_range
         if bool(bad.any()):
             raise ValueError(f"gazing_pos holds non-padded id {int(pos[bad][0])} outside [0, {video_tokens}) "
                              f"({num_frames} frames x {tokens_per_frame} tokens per frame)")
+    real = ~pad & in_range  # unvalidated out-of-range ids count as padded, as in gather_patches
     B = pos.shape[0]
     frame_of_slot = torch.repeat_interleave(torch.arange(num_frames, device=dev), torch.tensor(counts, device=dev),
                                             output_size=pos.shape[1])
@@ -108,7 +111,7 @@ def pack_gaze(gaze, num_frames: int, tokens_per_frame: int, num_prefix: int = 0,
     video_of = torch.arange(B, device=dev)[:, None].expand(B, pos.shape[1])[real]
     rows = torch.arange(ids.shape[0], device=dev) + num_prefix * (video_of + 1)
     prefix_rows = (cu_seqlens[:-1, None].long() + torch.arange(num_prefix, device=dev)).flatten()
-    return PackedGaze(flat_ids=video_of * video_tokens + ids, local_ids=ids % tokens_per_frame, rows=rows,
+    return PackedGaze(gazing_pos=pos, real=real, flat_ids=video_of * video_tokens + ids, local_ids=ids % tokens_per_frame, rows=rows,
                       prefix_rows=prefix_rows, cu_seqlens=cu_seqlens, cu_frames=cu_frames, lengths=lengths,
                       num_prefix=num_prefix, num_frames=num_frames)
 
@@ -133,6 +136,30 @@ def gazed_patches(video: torch.Tensor, flat_ids: torch.Tensor, scales: Sequence[
         out = torch.where(in_scale[:, None], patches.index_select(0, idx), out)
         offset += n
     return out
+
+
+def gather_supported(scales: Sequence[int], patch_size: int, video: torch.Tensor) -> bool:
+    """Whether the compiled gather_patches op serves this layout for this video's device."""
+    from .. import _ops_patches as P
+    from .._ops import _use_compiled
+
+    return (_use_compiled(video) and len(scales) <= P.MAX_SCALES and patch_size <= P.MAX_PATCH
+            and all(s // patch_size <= P.MAX_GRID for s in scales))
+
+
+def packed_patches(video: torch.Tensor, packed: PackedGaze, scales: Sequence[int], patch_size: int) -> torch.Tensor:
+    """The gazed patches of a packed gaze, (n, C * p * p) float32 (rows in packing order).
+
+    With the compiled gather_patches op, only the gazed patches are sampled, straight from the frames (float32
+    arithmetic whatever the video's dtype); otherwise gazed_patches builds the pyramids in PyTorch."""
+    if gather_supported(scales, patch_size, video):
+        from .._ops_patches import gather_patches
+
+        n = packed.flat_ids.shape[0]
+        out, _ = gather_patches(video.float().contiguous(), packed.gazing_pos, ~packed.real, scales, patch_size,
+                                total=n, validate=False)
+        return out
+    return gazed_patches(video, packed.flat_ids, scales, patch_size)
 
 
 def scale_position_table(grid: torch.Tensor, scales: Sequence[int], patch_size: int) -> torch.Tensor:
