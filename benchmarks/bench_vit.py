@@ -110,7 +110,8 @@ def main() -> None:
                 dense, dense_mem, dense_g = dense_cache[id(vid)]
                 n_real = int((~gaze["if_padded_gazing"]).sum())
                 case = dict(gaze=name, B=B, frames=vid.shape[1], tokens=n_real, slots=gaze["gazing_pos"].numel(),
-                            dense_ms=dense, dense_graphed_ms=dense_g, official_ms=official, ours_ms=ours, ours_torch_attention_ms=ours_torch,
+                            dense_ms=dense, dense_graphed_ms=dense_g, official_ms=official, ours_ms=ours,
+                            ours_torch_attention_ms=ours_torch,
                             speedup_vs_dense=dense / ours, speedup_vs_dense_graphed=dense_g / ours,
                             speedup_vs_official=official / ours,
                             dense_peak_mib=dense_mem, official_peak_mib=peak_mib(official_run),

@@ -111,7 +111,8 @@ def pack_gaze(gaze, num_frames: int, tokens_per_frame: int, num_prefix: int = 0,
     video_of = torch.arange(B, device=dev)[:, None].expand(B, pos.shape[1])[real]
     rows = torch.arange(ids.shape[0], device=dev) + num_prefix * (video_of + 1)
     prefix_rows = (cu_seqlens[:-1, None].long() + torch.arange(num_prefix, device=dev)).flatten()
-    return PackedGaze(gazing_pos=pos, real=real, flat_ids=video_of * video_tokens + ids, local_ids=ids % tokens_per_frame, rows=rows,
+    return PackedGaze(gazing_pos=pos, real=real, flat_ids=video_of * video_tokens + ids,
+                      local_ids=ids % tokens_per_frame, rows=rows,
                       prefix_rows=prefix_rows, cu_seqlens=cu_seqlens, cu_frames=cu_frames, lengths=lengths,
                       num_prefix=num_prefix, num_frames=num_frames)
 
