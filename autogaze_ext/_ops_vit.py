@@ -283,3 +283,22 @@ if HAS_EXTENSION:
         torch._check(q.dim() == 3 and k.shape == q.shape and v.shape == q.shape,
                      lambda: "varlen_attention: q, k, v must be (total, heads, head_dim) of one shape")
         return q.new_empty(q.shape)
+
+    def _varlen_attention_setup(ctx, inputs, output):
+        q, k, v, cu_seqlens, cu_frames, mode, scale, num_prefix = inputs
+        ctx.save_for_backward(q, k, v, cu_seqlens, cu_frames)
+        ctx.settings = (mode, scale, num_prefix)
+
+    def _varlen_attention_backward(ctx, grad):
+        """Gradients by differentiating the PyTorch reference (the kernels are forward-only): exact, and
+        O(chunk * keys) memory, but not fast."""
+        q, k, v, cu_seqlens, cu_frames = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
+        with torch.enable_grad():
+            inputs = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), needs)]
+            out = varlen_attention_reference(*inputs, cu_seqlens, cu_frames, *ctx.settings)
+            grads = iter(torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad))
+        return tuple(next(grads) if n else None for n in needs) + (None,) * 5
+
+    torch.library.register_autograd("autogaze_ext::varlen_attention", _varlen_attention_backward,
+                                    setup_context=_varlen_attention_setup)

@@ -405,3 +405,19 @@ def test_cuda_graphed_block_stack_matches_eager(transformers, family):
         with torch.enable_grad():  # autograd: auto falls back to the eager blocks
             assert rel_err(auto(video, gaze=gaze, mode=mode).features.detach(), want) < TOL
     assert len(graphed._graphs) == len(keys) and len(auto._graphs) == 0 and len(eager._graphs) == 0
+
+
+def test_position_table_follows_in_place_weight_updates(transformers):
+    model = tiny_siglip(transformers, 8)
+    vit = ag.accelerate(model)
+    gaze, video = random_gaze(1, [6, 4], 265, 9), video_like(1, 2, 224, 10)
+    with torch.no_grad():
+        before = vit(video, gaze=gaze).features
+        vit.adapter.core.embeddings.position_embedding.weight.mul_(-2.0)
+        after = vit(video, gaze=gaze).features
+        fresh = ag.accelerate(model)(video, gaze=gaze).features
+    assert rel_err(after, before) > 1e-3 and torch.equal(after, fresh)
+    # with autograd the table is recomputed in the graph: gradients reach the position embedding
+    out = vit(video, gaze=gaze).features.sum()
+    out.backward()
+    assert vit.adapter.core.embeddings.position_embedding.weight.grad.abs().sum() > 0

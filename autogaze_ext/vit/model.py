@@ -57,10 +57,12 @@ class GazedViT(nn.Module):
             raise TypeError(f"cuda_graphs must be None (auto), True or False, got {cuda_graphs!r}")
         self.cuda_graphs = cuda_graphs
         self._graphs = BlockGraphs()
+        self._pos_cache = None
 
     def clear_graphs(self) -> None:
         """Drop the captured block-stack graphs (after replacing parameter tensors or moving the model)."""
         self._graphs.clear()
+        self._pos_cache = None
 
     def _use_graphs(self, x: torch.Tensor) -> bool:
         """Graphs need CUDA, the compiled attention kernel (torch's varlen path reads offsets on the host)
@@ -100,9 +102,9 @@ class GazedViT(nn.Module):
         prefix tokens at their rows."""
         a = self.adapter
         x = a.embed_patches(packed_patches(video, packed, self.scales, self.patch_size))
-        grid = a.position_grid()
-        if grid is not None:
-            x = x + scale_position_table(grid, self.scales, self.patch_size).index_select(0, packed.local_ids)
+        table = self._position_table()
+        if table is not None:
+            x = x + table.index_select(0, packed.local_ids)
         prefix = a.prefix_tokens()
         if prefix is None:
             return x
@@ -132,6 +134,19 @@ class GazedViT(nn.Module):
         out = GazedFeatures(x, packed.cu_seqlens, packed.cu_frames, packed.lengths, packed.num_prefix)
         return out.per_video() if as_list else out
 
+
+    def _position_table(self) -> torch.Tensor | None:
+        """(V, D) per-scale position embedding, recomputed only when the learned grid changes (in-place
+        updates bump its version counter)."""
+        grid = self.adapter.position_grid()
+        if grid is None:
+            return None
+        if torch.is_grad_enabled() and grid.requires_grad:
+            return scale_position_table(grid, self.scales, self.patch_size)  # part of an autograd graph
+        key = (grid.data_ptr(), grid._version, grid.dtype, grid.device, grid.shape)
+        if self._pos_cache is None or self._pos_cache[0] != key:
+            self._pos_cache = (key, scale_position_table(grid, self.scales, self.patch_size))
+        return self._pos_cache[1]
 
     def _block_stack(self, mode: str, num_prefix: int):
         """(x, cu_seqlens, cu_frames) -> features: pre-norm, the blocks on packed tokens, final norm."""
