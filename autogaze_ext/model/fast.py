@@ -256,8 +256,8 @@ class FastGazeRunner:
         B, K = self.B, self.K
         self.kvalid.index_copy_(1, self.seq + self.karange, feed.expand(B, K))
         h = self._forward(self.dec.model.embed_tokens(chunk), self.tail_pos, self.seq)
-        self.h.copy_(torch.where(feed, h, self.h))
-        self.seq.add_(K * feed.long())
+        torch.where(feed, h, self.h, out=self.h)  # elementwise: writing over an input is safe
+        self.seq.add_(feed.long(), alpha=K)
 
     def end_frame(self) -> None:
         """Mask the frame's fed pads for later frames, keep its last chunk pending, store ids."""
