@@ -233,15 +233,26 @@ __device__ __forceinline__ void softmax_tile(float (&s)[kKeys / 8][4], float (&o
     const RowRange& r = rr[half];
     const bool all_visible = kb + kKeys <= seg_hi &&
                              ((kb >= r.lo && kb + kKeys <= r.hi) || (kb >= r.s && kb + kKeys <= r.pend));
+    if (all_visible) {  // the common case: no per-key tests
 #pragma unroll
-    for (int nt = 0; nt < kKeys / 8; ++nt) {
+      for (int nt = 0; nt < kKeys / 8; ++nt) {
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        float& x = s[nt][half * 2 + e];
-        x *= scale_log2;
-        const int j = kb + nt * 8 + tig * 2 + e;
-        if (!all_visible && (j >= seg_hi || !visible(r, j))) x = -INFINITY;
-        mx[half] = fmaxf(mx[half], x);
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[nt][half * 2 + e];
+          x *= scale_log2;
+          mx[half] = fmaxf(mx[half], x);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < kKeys / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[nt][half * 2 + e];
+          const int j = kb + nt * 8 + tig * 2 + e;
+          x = j < seg_hi && visible(r, j) ? x * scale_log2 : -INFINITY;
+          mx[half] = fmaxf(mx[half], x);
+        }
       }
     }
     // a row's 64 scores sit in the 4 threads of its quad
