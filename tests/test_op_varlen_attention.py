@@ -70,6 +70,7 @@ def check_against_reference(out, q, k, v, cs, cf, mode, scale, num_prefix):
     assert torch.isfinite(out).all()
     err = rel_err(out.cpu(), ref)
     assert err < TOL[q.dtype], (mode, num_prefix, q.dtype, err)
+    return ref
 
 
 # ----------------------------------------------------------------------------------- semantics of the oracle
@@ -364,45 +365,118 @@ def _cuda_kernel_ready():
         pytest.skip("this build has no varlen_attention CUDA kernel")
 
 
+# Elementwise bounds for the compiled kernel vs the float64 reference (the norm check of
+# check_against_reference can hide a few wrong rows among thousands): fp32 scores and sums, so the error is
+# the rounding of P to the input dtype before P.V plus the rounding of the output.
+ELEMENT_TOL = {torch.float16: (4e-3, 2e-3), torch.bfloat16: (3e-2, 1.6e-2)}  # (atol, rtol)
+
+
+def check_elementwise(out, q, k, v, cs, cf, mode, scale, num_prefix):
+    ref = check_against_reference(out, q, k, v, cs, cf, mode, scale, num_prefix)
+    atol, rtol = ELEMENT_TOL[q.dtype]
+    err = (out.cpu().double() - ref).abs()
+    bad = err > atol + rtol * ref.abs()
+    assert not bad.any(), (mode, num_prefix, q.dtype, q.shape, int(bad.sum()), bad.nonzero()[:5].tolist())
+
+
+def run_poisoned(q, k, v, cs, cf, mode, scale, num_prefix):
+    """The compiled op with its output allocation pre-filled with NaN: the caching allocator hands the block
+    of a just-freed tensor of the same size to the op, so an element the kernel forgets stays NaN."""
+    torch.empty_like(q).fill_(float("nan"))
+    return op(q, k, v, cs, cf, mode, scale, num_prefix)
+
+
+# Layouts around the kernel's 64-row / 64-key tiles: tiles straddling frames and videos, frames of zero
+# tokens, a video of one token, segments of exactly 64 and of 63 / 65 tokens, a lone token at the end.
+TILE_LAYOUTS = [
+    [[49] * 16, [49] * 16],
+    [[30, 0, 70, 1], [1], [0, 65, 63, 0], [64, 64], [5, 200, 3]],
+    [[1], [0, 0, 1], [2, 1], [0, 127, 0, 129], [1]],
+]
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 72, 128, 40])
+def test_cuda_kernel_tiles(dtype, d):
+    _cuda_kernel_ready()
+    g = torch.Generator().manual_seed(20 + d)
+    for lens in TILE_LAYOUTS:
+        cs, cf, owner = layout(lens)
+        q, k, v = (t.cuda() for t in qkv(g, len(owner), 2, d, dtype))
+        for mode in MODES:
+            for num_prefix in (0, 1, 5):
+                out = run_poisoned(q, k, v, cs.cuda(), cf.cuda(), mode, d ** -0.5, num_prefix)
+                check_elementwise(out, q, k, v, cs, cf, mode, d ** -0.5, num_prefix)
+
+
+@pytest.mark.cuda
+@cuda
+@pytest.mark.parametrize("d", [64, 72, 128])
+def test_cuda_kernel_long(d):
+    # 10k+ tokens: long key walks (many pipeline stages), a video starting mid-tile, causal masking at scale
+    _cuda_kernel_ready()
+    g = torch.Generator().manual_seed(30 + d)
+    lens = [[650] * 8, [333] * 16 + [0, 1]]
+    cs, cf, owner = layout(lens)
+    assert len(owner) > 10_000
+    q, k, v = (t.cuda() for t in qkv(g, len(owner), 2, d, torch.bfloat16))
+    for mode in MODES:
+        for num_prefix in (0, 5):
+            out = run_poisoned(q, k, v, cs.cuda(), cf.cuda(), mode, d ** -0.5, num_prefix)
+            check_elementwise(out, q, k, v, cs, cf, mode, d ** -0.5, num_prefix)
+
+
 @pytest.mark.cuda
 @cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
-def test_cuda_kernel_unaligned_rows(dtype):
-    # contiguous tensors that start one element into an allocation (2-byte aligned halves): the tensor-core
-    # path's 32-bit loads would be misaligned, so the kernel must take its other path
+@pytest.mark.parametrize("shift,d", [(1, 64), (2, 64), (8, 64), (2, 72), (0, 36), (0, 50)])
+def test_cuda_kernel_unaligned_rows(dtype, shift, d):
+    # contiguous tensors that start `shift` elements into an allocation, and head dims that are not a multiple
+    # of 8: 2-byte aligned rows take the fp32 path, 4-byte aligned ones the tensor-core kernel with 32-bit
+    # loads, 16-byte aligned ones the cp.async kernel
     _cuda_kernel_ready()
     g = torch.Generator().manual_seed(12)
-    cs, cf, owner = layout([[30, 20], [10, 45]])
-    q, k, v = qkv(g, len(owner), 2, 64, dtype)
-    shift = [torch.empty(q.numel() + 1, dtype=dtype, device="cuda")[1:].view(q.shape).copy_(t) for t in (q, k, v)]
-    out = op(*shift, cs.cuda(), cf.cuda(), "block_causal", 0.125, 0)
-    check_against_reference(out, q, k, v, cs, cf, "block_causal", 0.125, 0)
+    cs, cf, owner = layout([[30, 20], [10, 45, 0, 70]])
+    q, k, v = qkv(g, len(owner), 2, d, dtype)
+    for mode in MODES:
+        for num_prefix in (0, 5):
+            shifted = [torch.empty(q.numel() + shift, dtype=dtype, device="cuda")[shift:].view(q.shape).copy_(t)
+                       for t in (q, k, v)]
+            out = run_poisoned(*shifted, cs.cuda(), cf.cuda(), mode, d ** -0.5, num_prefix)
+            if dtype == torch.float32:
+                check_against_reference(out, q, k, v, cs, cf, mode, d ** -0.5, num_prefix)
+            else:
+                check_elementwise(out, q, k, v, cs, cf, mode, d ** -0.5, num_prefix)
 
 
 @pytest.mark.cuda
 @cuda
-def test_cuda_kernel_opcheck_and_graph():
+@pytest.mark.parametrize("d", [72, 128])
+def test_cuda_kernel_opcheck_and_graph(d):
     _cuda_kernel_ready()
     g = torch.Generator().manual_seed(13)
     cs, cf, owner = layout([[40, 0, 70], [25, 33]])
-    q, k, v = (t.cuda() for t in qkv(g, len(owner), 4, 72, torch.bfloat16))
+    q, k, v = (t.cuda() for t in qkv(g, len(owner), 4, d, torch.bfloat16))
     csd, cfd = cs.cuda(), cf.cuda()
-    torch.library.opcheck(op, (q, k, v, csd, cfd, "block_causal", 72 ** -0.5, 1))
+    scale = d ** -0.5
+    torch.library.opcheck(op, (q, k, v, csd, cfd, "block_causal", scale, 1))
     # no host sync inside the op: it can be captured in a CUDA graph and replayed on new values
     sq = q.clone()
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
-        op(sq, k, v, csd, cfd, "block_causal", 72 ** -0.5, 0)
+        op(sq, k, v, csd, cfd, "block_causal", scale, 0)
     torch.cuda.current_stream().wait_stream(s)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = op(sq, k, v, csd, cfd, "block_causal", 72 ** -0.5, 0)
+        out = op(sq, k, v, csd, cfd, "block_causal", scale, 0)
     q2 = torch.randn(q.shape, generator=g).to("cuda", q.dtype)
     sq.copy_(q2)
     graph.replay()
     torch.cuda.synchronize()
-    check_against_reference(out, q2, k, v, cs, cf, "block_causal", 72 ** -0.5, 0)
+    check_against_reference(out, q2, k, v, cs, cf, "block_causal", scale, 0)
 
 
 @pytest.mark.cuda

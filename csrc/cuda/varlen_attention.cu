@@ -8,8 +8,14 @@
 // keeps one pass over the keys.
 //
 // fp16/bf16 with an even head_dim <= 128: tensor cores (mma.sync m16n8k16, fp32 accumulation), 4 warps of
-// 16 query rows; K tiles row-major and V tiles transposed in shared memory (padded rows: conflict-free
-// fragment loads); the P tile goes from the score accumulators to the A operand of P.V in registers.
+// 16 query rows, 64-key tiles; the P tile goes from the score accumulators to the A operand of P.V in
+// registers. Two kernels share that scheme:
+// - varlen_attention_mma (head_dim % 8 == 0, 16-byte aligned q, k, v): Q, K and V tiles row-major in padded
+//   shared memory, filled by 16-byte cp.async, K and V double-buffered (tile t + 1 loads while tile t is
+//   computed); fragments by ldmatrix (V through ldmatrix.trans, so V is never transposed in memory); a warp
+//   skips the key tiles none of its 16 rows sees.
+// - varlen_attention_mma_ldg (other even head dims, 4-byte aligned rows): 32-bit loads into K row-major
+//   and V transposed tiles, no overlap of loads and compute.
 // Everything else (fp32, odd or large head dims, GPUs before sm_80): a warp per query row in fp32.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -160,6 +166,8 @@ __global__ void __launch_bounds__(kGenericWarps * 32) varlen_attention_generic(P
 constexpr int kRows = 64;  // query rows per block (16 per warp)
 constexpr int kKeys = 64;  // keys per tile
 constexpr int kMmaThreads = 128;
+constexpr int kWarps = kMmaThreads / 32;
+static_assert(kRows == 16 * kWarps, "a warp owns 16 query rows");
 
 template <typename T>
 __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
@@ -204,6 +212,352 @@ __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
 
 __device__ __forceinline__ uint32_t lds32(const void* p) { return *static_cast<const uint32_t*>(p); }
 
+// 2^x in one MUFU instruction (exp2f adds a subnormal fix-up); 2^-inf = +0.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// One 16 x 64 score tile of a warp, in mma accumulator layout: this thread holds rows g (s[.][0..1]) and g + 8
+// (s[.][2..3]), keys kb + 8 nt + 2 tig + {0, 1}. Scales and masks the scores (keys >= seg_hi belong to the
+// other key segment and are left to it), folds the tile into the running row max m and the thread's partial
+// row sums l, rescales the output accumulators o, and leaves the unnormalised probabilities in s.
+template <int NO>
+__device__ __forceinline__ void softmax_tile(float (&s)[kKeys / 8][4], float (&o)[NO][4], float (&m)[2],
+                                             float (&l)[2], const RowRange (&rr)[2], int kb, int seg_hi, int tig,
+                                             float scale_log2) {
+  float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const RowRange& r = rr[half];
+    const bool all_visible = kb + kKeys <= seg_hi &&
+                             ((kb >= r.lo && kb + kKeys <= r.hi) || (kb >= r.s && kb + kKeys <= r.pend));
+    if (all_visible) {  // the common case: no per-key tests
+#pragma unroll
+      for (int nt = 0; nt < kKeys / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[nt][half * 2 + e];
+          x *= scale_log2;
+          mx[half] = fmaxf(mx[half], x);
+        }
+      }
+    } else {
+#pragma unroll
+      for (int nt = 0; nt < kKeys / 8; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float& x = s[nt][half * 2 + e];
+          const int j = kb + nt * 8 + tig * 2 + e;
+          x = j < seg_hi && visible(r, j) ? x * scale_log2 : -INFINITY;
+          mx[half] = fmaxf(mx[half], x);
+        }
+      }
+    }
+    // a row's 64 scores sit in the 4 threads of its quad
+    mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 1));
+    mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 2));
+  }
+  float alpha[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const float m_new = fmaxf(m[half], mx[half]);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: keep zeros, no NaN
+    alpha[half] = fast_exp2(m[half] - m_use);
+    float sum = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < kKeys / 8; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        float& x = s[nt][half * 2 + e];
+        x = fast_exp2(x - m_use);
+        sum += x;
+      }
+    }
+    l[half] = l[half] * alpha[half] + sum;  // per-thread partial sums; the quad is summed at the end
+    m[half] = m_new;
+  }
+#pragma unroll
+  for (int dt = 0; dt < NO; ++dt) {
+    o[dt][0] *= alpha[0]; o[dt][1] *= alpha[0];
+    o[dt][2] *= alpha[1]; o[dt][3] *= alpha[1];
+  }
+}
+
+// The probabilities of keys [16 kk, 16 kk + 16) as the A operand of P.V: the score accumulators of key tiles
+// 2kk and 2kk + 1 are exactly its fragment.
+template <typename T>
+__device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float (&s)[kKeys / 8][4], int kk) {
+  a[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+  a[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+  a[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+  a[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+}
+
+// Normalises and stores this thread's outputs: rows row_g and row_g + 8, columns 8 dt + 2 tig + {0, 1} < d.
+template <typename T, int DP>
+__device__ __forceinline__ void store_rows(const Params& p, const float (&o)[DP / 8][4], const float (&l)[2],
+                                           int row_g, int tig, int hoff) {
+  T* out = static_cast<T*>(p.out);
+  const int stride = p.heads * p.d;
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    float sum = l[half];
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    const int row = row_g + half * 8;
+    if (row >= p.total) continue;
+    const float inv = 1.f / sum;  // >= 1 term: every row sees itself
+#pragma unroll
+    for (int dt = 0; dt < DP / 8; ++dt) {
+      const int c = dt * 8 + tig * 2;
+      if (c < p.d) {
+        *reinterpret_cast<uint32_t*>(out + (int64_t)row * stride + hoff + c) =
+            pack2<T>(o[dt][half * 2] * inv, o[dt][half * 2 + 1] * inv);
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------- 16-byte rows: cp.async pipeline and ldmatrix
+
+__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
+}
+
+// 16 bytes global -> shared without a register round trip; copy == false reads nothing and writes zeros
+// (src must still be a valid address).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool copy) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(copy ? 16 : 0));
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most n of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Four 8x8 b16 matrices; lane 8i + r gives the address of row r of matrix i, and register i receives, in
+// lane 4g + t, row g, columns 2t and 2t + 1 of matrix i (of its transpose with .trans).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+#else
+  __trap();
+#endif
+}
+
+// Row stride of the shared tiles in elements: DP * 2 + 16 bytes is an odd multiple of 16 (144, 176, 272), so
+// the 8 rows an ldmatrix matrix reads fall in 8 different 16-byte bank groups (no conflicts).
+template <int DP>
+constexpr int tile_stride() { return DP + 8; }
+
+// Rows [row0, row0 + 64) of one head, 16-byte chunks by cp.async, into the row-major tile at shared address
+// dst. Rows >= row_end and the chunks past d (the DP padding) are zero-filled, so padded dims contribute
+// nothing and a masked key's zero V row keeps 0 * V finite.
+template <typename T, int DP>
+__device__ __forceinline__ void load_tile_async(uint32_t dst, const T* src, int row0, int row_end, int stride,
+                                                int hoff, int chunks) {
+  constexpr int kChunks = DP * (int)sizeof(T) / 16;  // per smem row
+  constexpr int kRS = tile_stride<DP>();
+  static_assert(kRows * kChunks % kMmaThreads == 0, "whole chunks per thread");
+#pragma unroll
+  for (int i = 0; i < kRows * kChunks / kMmaThreads; ++i) {
+    const int idx = threadIdx.x + i * kMmaThreads;
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool copy = r < row_end - row0 && c < chunks;
+    const T* from = copy ? src + (int64_t)(row0 + r) * stride + hoff + c * 8 : src;
+    cp_async16(dst + (uint32_t)((r * kRS + c * 8) * sizeof(T)), from, copy);
+  }
+}
+
+// Dynamic shared memory of varlen_attention_mma: two stages of (K tile, V tile); Q passes through stage 1's
+// K tile before the first K tile lands there.
+template <typename T, int DP>
+constexpr int mma_smem_bytes() { return 4 * kKeys * tile_stride<DP>() * (int)sizeof(T); }
+
+// 3 blocks per SM (<= 168 registers) for DP <= 80 without spills; DP = 128 needs more than 170.
+template <typename T, int DP>
+__global__ void __launch_bounds__(kMmaThreads, DP <= 80 ? 3 : 2) varlen_attention_mma(Params p) {
+  constexpr int kRS = tile_stride<DP>();
+  constexpr uint32_t kTileBytes = kKeys * kRS * sizeof(T);
+  static_assert(kRows == kKeys, "Q uses a K tile's buffer");
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ RowRange ranges[kRows];
+  __shared__ int warp_bounds[kWarps][4];  // per warp: prefix keys [0, 1), mode keys [2, 3) over its rows
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int g = lane >> 2, tig = lane & 3;
+  // last row tiles first: in the causal-like modes they see the most keys, so the short ones fill the tail
+  const int row0 = (gridDim.x - 1 - blockIdx.x) * kRows, h = blockIdx.y;
+  const int stride = p.heads * p.d, hoff = h * p.d, chunks = p.d / 8;
+  const T* q = static_cast<const T*>(p.q);
+  const T* k = static_cast<const T*>(p.k);
+  const T* v = static_cast<const T*>(p.v);
+  const uint32_t smem0 = smem_u32(smem);
+  const uint32_t q_tile = smem0 + 2 * kTileBytes;  // stage 1's K tile
+
+  load_tile_async<T, DP>(q_tile, q, row0, p.total, stride, hoff, chunks);
+  cp_async_commit();
+
+  // visibility: lanes 0-15 of each warp take its 16 rows; unions over the warp's and the block's valid rows
+  int w_bounds[4];
+  {
+    const int row = row0 + warp * 16 + lane;
+    const bool valid = lane < 16 && row < p.total;
+    RowRange r{0, 0, 0, 0};  // rows past the end see nothing
+    if (valid) r = row_range(p, row);
+    if (lane < 16) ranges[warp * 16 + lane] = r;
+    const bool pre = valid && r.pend > r.s;
+    int b[4] = {pre ? r.s : INT_MAX, pre ? r.pend : INT_MIN, valid ? r.lo : INT_MAX, valid ? r.hi : INT_MIN};
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      b[0] = min(b[0], __shfl_xor_sync(0xffffffffu, b[0], o));
+      b[1] = max(b[1], __shfl_xor_sync(0xffffffffu, b[1], o));
+      b[2] = min(b[2], __shfl_xor_sync(0xffffffffu, b[2], o));
+      b[3] = max(b[3], __shfl_xor_sync(0xffffffffu, b[3], o));
+    }
+    if (lane == 0) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) warp_bounds[warp][i] = b[i];
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i) w_bounds[i] = b[i];
+  }
+  __syncthreads();
+  const RowRange rr[2] = {ranges[warp * 16 + g], ranges[warp * 16 + g + 8]};
+
+  // key intervals to walk: the prefix and the mode's keys, merged when they touch
+  int seg_begin[2] = {INT_MAX, INT_MAX}, seg_end[2] = {INT_MIN, INT_MIN};
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) {
+    seg_begin[0] = min(seg_begin[0], warp_bounds[w][0]);
+    seg_end[0] = max(seg_end[0], warp_bounds[w][1]);
+    seg_begin[1] = min(seg_begin[1], warp_bounds[w][2]);
+    seg_end[1] = max(seg_end[1], warp_bounds[w][3]);
+  }
+  if (seg_begin[0] >= seg_end[0]) {
+    seg_begin[0] = seg_end[0] = 0;
+  } else if (seg_begin[1] <= seg_end[0]) {
+    seg_begin[1] = min(seg_begin[0], seg_begin[1]);
+    seg_end[1] = max(seg_end[0], seg_end[1]);
+    seg_begin[0] = seg_end[0] = 0;
+  }
+  if (seg_begin[1] >= seg_end[1]) seg_begin[1] = seg_end[1] = 0;
+  // key tiles: n0 of segment 0, then segment 1's; all bounds lie in [0, total]
+  const int n0 = seg_end[0] > seg_begin[0] ? (seg_end[0] - seg_begin[0] - 1) / kKeys + 1 : 0;
+  const int n1 = seg_end[1] > seg_begin[1] ? (seg_end[1] - seg_begin[1] - 1) / kKeys + 1 : 0;
+  const int n_tiles = n0 + n1;
+  auto tile_begin = [&](int t) { return t < n0 ? seg_begin[0] + t * kKeys : seg_begin[1] + (t - n0) * kKeys; };
+  // a key tile may run past its segment's end into the other segment: count only this segment's keys,
+  // so a key is never visited twice
+  auto tile_limit = [&](int t) { return t < n0 ? seg_end[0] : seg_end[1]; };
+  auto load_kv = [&](int t) {
+    const int kb = tile_begin(t);
+    const uint32_t stage = smem0 + (t & 1) * 2 * kTileBytes;
+    load_tile_async<T, DP>(stage, k, kb, tile_limit(t), stride, hoff, chunks);
+    load_tile_async<T, DP>(stage + kTileBytes, v, kb, tile_limit(t), stride, hoff, chunks);
+  };
+
+  if (n_tiles > 0) load_kv(0);
+  cp_async_commit();
+  cp_async_wait<1>();  // Q has landed (tile 0 may still be in flight)
+  __syncthreads();
+  // this thread's Q fragments: matrices rows {0-7, 8-15} (lane bit 3) x dims {0-7, 8-15} (lane bit 4)
+  uint32_t qf[DP / 16][4];
+#pragma unroll
+  for (int kc = 0; kc < DP / 16; ++kc) {
+    ldsm_x4(qf[kc], q_tile + (uint32_t)(((warp * 16 + (lane & 15)) * kRS + kc * 16 + (lane >> 4) * 8) * sizeof(T)));
+  }
+  __syncthreads();  // Q is in registers: stage 1 may be overwritten
+
+  float o[DP / 8][4];
+#pragma unroll
+  for (int dt = 0; dt < DP / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+
+  for (int t = 0; t < n_tiles; ++t) {
+    // stage (t + 1) & 1 was last read in iteration t - 1, which ended with a barrier
+    if (t + 1 < n_tiles) load_kv(t + 1);
+    cp_async_commit();   // possibly empty: keeps "all but the newest group" == tile t
+    cp_async_wait<1>();
+    __syncthreads();     // tile t visible to every thread
+
+    const int kb = tile_begin(t), seg_hi = tile_limit(t);
+    const int kend = min(kb + kKeys, seg_hi);
+    // warp-uniform: skip a tile none of this warp's rows sees (a warp of a tile that straddles videos or
+    // frames, the rows above the causal diagonal)
+    const bool active = (kb < w_bounds[3] && kend > w_bounds[2]) || (kb < w_bounds[1] && kend > w_bounds[0]);
+    if (active) {
+      const uint32_t k_tile = smem0 + (t & 1) * 2 * kTileBytes, v_tile = k_tile + kTileBytes;
+      // S = Q K^T for this warp's 16 rows x 64 keys. ldmatrix matrices: keys 16np + {0-7, 0-7, 8-15, 8-15}
+      // (lane bit 4) x dims 16kc + {0-7, 8-15} (lane bit 3): registers 0, 1 are the B fragment of key
+      // octet 2np, registers 2, 3 that of octet 2np + 1 (K row-major is B = K^T column-major).
+      float s[kKeys / 8][4];
+#pragma unroll
+      for (int nt = 0; nt < kKeys / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+#pragma unroll
+      for (int kc = 0; kc < DP / 16; ++kc) {
+#pragma unroll
+        for (int np = 0; np < kKeys / 16; ++np) {
+          uint32_t b[4];
+          const int key = np * 16 + (lane & 7) + (lane >> 4) * 8, dim = kc * 16 + ((lane >> 3) & 1) * 8;
+          ldsm_x4(b, k_tile + (uint32_t)((key * kRS + dim) * sizeof(T)));
+          mma16816<T>(s[2 * np], qf[kc], b[0], b[1]);
+          mma16816<T>(s[2 * np + 1], qf[kc], b[2], b[3]);
+        }
+      }
+      softmax_tile<DP / 8>(s, o, m, l, rr, kb, seg_hi, tig, p.scale_log2);
+      // O += P V. ldmatrix.trans matrices: keys 16kk + {0-7, 8-15} (lane bit 3) x dims 16dp + {0-7, 0-7,
+      // 8-15, 8-15} (lane bit 4): transposed, registers 0, 1 are the B fragment of dim octet 2dp, registers
+      // 2, 3 that of octet 2dp + 1.
+#pragma unroll
+      for (int kk = 0; kk < kKeys / 16; ++kk) {
+        uint32_t a[4];
+        p_fragment<T>(a, s, kk);
+#pragma unroll
+        for (int dp = 0; dp < DP / 16; ++dp) {
+          uint32_t b[4];
+          const int key = kk * 16 + (lane & 15), dim = dp * 16 + (lane >> 4) * 8;
+          ldsm_x4_trans(b, v_tile + (uint32_t)((key * kRS + dim) * sizeof(T)));
+          mma16816<T>(o[2 * dp], a, b[0], b[1]);
+          mma16816<T>(o[2 * dp + 1], a, b[2], b[3]);
+        }
+      }
+    }
+    __syncthreads();  // every warp is done with stage t & 1: iteration t + 1 refills it
+  }
+
+  store_rows<T, DP>(p, o, l, row0 + warp * 16 + g, tig, hoff);
+}
+
+// ------------------------------------------------------------------ 4-byte rows: 32-bit loads, no pipeline
+
 // Rows [row0, row0 + kRows) of one head into a row-major [kRows][S] tile (halves), zero-padded; d is even,
 // so every 32-bit load is aligned.
 template <typename T, int DP, int S>
@@ -218,7 +572,7 @@ __device__ __forceinline__ void load_rows(T* tile, const T* src, int row0, int t
 }
 
 template <typename T, int DP>
-__global__ void __launch_bounds__(kMmaThreads) varlen_attention_mma(Params p) {
+__global__ void __launch_bounds__(kMmaThreads) varlen_attention_mma_ldg(Params p) {
   constexpr int QS = DP + 8;     // Q / K tile row stride in elements (16-byte skew per row)
   constexpr int VS = kKeys + 8;  // transposed V tile row stride
   __shared__ __align__(16) T qk_tile[kKeys * QS];  // Q first (its fragments move to registers), then K tiles
@@ -307,57 +661,12 @@ __global__ void __launch_bounds__(kMmaThreads) varlen_attention_mma(Params p) {
           mma16816<T>(s[nt], qf[kc], lds32(base), lds32(base + 8));
         }
       }
-      // scale, mask, online softmax (a row's 64 scores sit in the 4 threads of its quad)
-      float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const RowRange& r = rr[half];
-        const bool all_visible = kb + kKeys <= seg_hi &&
-                                 ((kb >= r.lo && kb + kKeys <= r.hi) || (kb >= r.s && kb + kKeys <= r.pend));
-#pragma unroll
-        for (int nt = 0; nt < kKeys / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& x = s[nt][half * 2 + e];
-            x *= p.scale_log2;
-            const int j = kb + nt * 8 + tig * 2 + e;
-            if (!all_visible && (j >= seg_hi || !visible(r, j))) x = -INFINITY;
-            mx[half] = fmaxf(mx[half], x);
-          }
-        }
-        mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 1));
-        mx[half] = fmaxf(mx[half], __shfl_xor_sync(0xffffffffu, mx[half], 2));
-      }
-      float alpha[2];
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const float m_new = fmaxf(m[half], mx[half]);
-        const float m_use = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: keep zeros, no NaN
-        alpha[half] = exp2f(m[half] - m_use);
-        float sum = 0.f;
-#pragma unroll
-        for (int nt = 0; nt < kKeys / 8; ++nt) {
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            float& x = s[nt][half * 2 + e];
-            x = exp2f(x - m_use);
-            sum += x;
-          }
-        }
-        l[half] = l[half] * alpha[half] + sum;  // per-thread partial sums; the quad is summed at the end
-        m[half] = m_new;
-      }
-#pragma unroll
-      for (int dt = 0; dt < DP / 8; ++dt) {
-        o[dt][0] *= alpha[0]; o[dt][1] *= alpha[0];
-        o[dt][2] *= alpha[1]; o[dt][3] *= alpha[1];
-      }
-      // O += P V: the score accumulators of key tiles 2kk, 2kk+1 are the A fragment of keys [16kk, 16kk+16)
+      softmax_tile<DP / 8>(s, o, m, l, rr, kb, seg_hi, tig, p.scale_log2);
+      // O += P V
 #pragma unroll
       for (int kk = 0; kk < kKeys / 16; ++kk) {
-        const uint32_t a[4] = {pack2<T>(s[2 * kk][0], s[2 * kk][1]), pack2<T>(s[2 * kk][2], s[2 * kk][3]),
-                               pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                               pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+        uint32_t a[4];
+        p_fragment<T>(a, s, kk);
 #pragma unroll
         for (int dt = 0; dt < DP / 8; ++dt) {
           const T* base = vt_tile + (dt * 8 + g) * VS + kk * 16 + tig * 2;
@@ -368,39 +677,34 @@ __global__ void __launch_bounds__(kMmaThreads) varlen_attention_mma(Params p) {
     }
   }
 
-  T* out = static_cast<T*>(p.out);
-#pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    float sum = l[half];
-    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-    const int row = row0 + warp * 16 + g + half * 8;
-    if (row >= p.total) continue;
-    const float inv = 1.f / sum;  // >= 1 term: every row sees itself
-#pragma unroll
-    for (int dt = 0; dt < DP / 8; ++dt) {
-      const int c = dt * 8 + tig * 2;
-      if (c < p.d) {
-        *reinterpret_cast<uint32_t*>(out + (int64_t)row * stride + hoff + c) =
-            pack2<T>(o[dt][half * 2] * inv, o[dt][half * 2 + 1] * inv);
-      }
-    }
-  }
+  store_rows<T, DP>(p, o, l, row0 + warp * 16 + g, tig, hoff);
 }
 
+template <typename T, int DP>
+cudaError_t launch_mma(const Params& p, bool vec16, cudaStream_t stream) {
+  const dim3 grid((p.total + kRows - 1) / kRows, p.heads);
+  if (!vec16) {
+    varlen_attention_mma_ldg<T, DP><<<grid, kMmaThreads, 0, stream>>>(p);
+    return cudaGetLastError();
+  }
+  constexpr int smem = mma_smem_bytes<T, DP>();
+  if constexpr (smem > 48 * 1024) {  // above the default limit: opt in (per launch, as it is per device)
+    const cudaError_t err =
+        cudaFuncSetAttribute(varlen_attention_mma<T, DP>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+  }
+  varlen_attention_mma<T, DP><<<grid, kMmaThreads, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// tensor_cores: sm_80+ with 4-byte aligned rows; vec16: also 16-byte aligned rows (head_dim % 8 == 0).
 template <typename T>
-cudaError_t launch_typed(const Params& p, bool tensor_cores, cudaStream_t stream) {
+cudaError_t launch_typed(const Params& p, bool tensor_cores, bool vec16, cudaStream_t stream) {
   if constexpr (!std::is_same_v<T, float>) {
     if (tensor_cores && p.d % 2 == 0 && p.d <= 128) {
-      const dim3 grid((p.total + kRows - 1) / kRows, p.heads);
-      if (p.d <= 64) {
-        varlen_attention_mma<T, 64><<<grid, kMmaThreads, 0, stream>>>(p);
-      } else if (p.d <= 80) {
-        varlen_attention_mma<T, 80><<<grid, kMmaThreads, 0, stream>>>(p);
-      } else {
-        varlen_attention_mma<T, 128><<<grid, kMmaThreads, 0, stream>>>(p);
-      }
-      return cudaGetLastError();
+      if (p.d <= 64) return launch_mma<T, 64>(p, vec16, stream);
+      if (p.d <= 80) return launch_mma<T, 80>(p, vec16, stream);
+      return launch_mma<T, 128>(p, vec16, stream);
     }
   }
   const dim3 grid((p.total + kGenericWarps - 1) / kGenericWarps, p.heads);
@@ -408,7 +712,7 @@ cudaError_t launch_typed(const Params& p, bool tensor_cores, cudaStream_t stream
   return cudaGetLastError();
 }
 
-bool aligned4(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 3) == 0; }
+bool aligned(const void* ptr, uintptr_t bytes) { return (reinterpret_cast<uintptr_t>(ptr) & (bytes - 1)) == 0; }
 
 }  // namespace
 
@@ -428,12 +732,15 @@ cudaError_t launch_varlen_attention(const void* q, const void* k, const void* v,
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
   if (err != cudaSuccess) return err;
-  // tensor cores from sm_80; their 32-bit loads and stores need 4-byte aligned rows
-  const bool tensor_cores = major >= 8 && aligned4(q) && aligned4(k) && aligned4(v) && aligned4(out);
+  // tensor cores from sm_80; their 32-bit loads and stores need 4-byte aligned rows, the cp.async pipeline
+  // 16-byte aligned rows of q, k, v (and tile indices that cannot overflow int)
+  const bool tensor_cores = major >= 8 && aligned(q, 4) && aligned(k, 4) && aligned(v, 4) && aligned(out, 4);
+  const bool vec16 = head_dim % 8 == 0 && aligned(q, 16) && aligned(k, 16) && aligned(v, 16) &&
+                     total < INT_MAX - 2 * kKeys;
   switch (dtype) {
-    case VarlenDtype::kFloat16: return launch_typed<__half>(p, tensor_cores, stream);
-    case VarlenDtype::kBFloat16: return launch_typed<__nv_bfloat16>(p, tensor_cores, stream);
-    default: return launch_typed<float>(p, false, stream);
+    case VarlenDtype::kFloat16: return launch_typed<__half>(p, tensor_cores, vec16, stream);
+    case VarlenDtype::kBFloat16: return launch_typed<__nv_bfloat16>(p, tensor_cores, vec16, stream);
+    default: return launch_typed<float>(p, false, false, stream);
   }
 }
 
