@@ -43,7 +43,7 @@ class PackedGaze:
     """
 
     gazing_pos: torch.Tensor  # (B, N) int64, the gaze's slots
-    real: torch.Tensor  # (B, N) bool, the slots kept (not padded, id in range)
+    dropped: torch.Tensor  # (B, N) bool, the slots not kept (padded, or an unvalidated id out of range)
     flat_ids: torch.Tensor  # (n,) int64
     local_ids: torch.Tensor  # (n,) int64
     rows: torch.Tensor  # (n,) int64
@@ -74,57 +74,59 @@ def pack_gaze(gaze, num_frames: int, tokens_per_frame: int, num_prefix: int = 0,
     if_padded_gazing (B, N), num_gazing_each_frame (T,)) and lay out the packed sequences.
 
     A slot belongs to the frame whose segment of num_gazing_each_frame holds it (as in the official attention
-    mask); its id picks the patch. Device->host syncs: the per-frame counts when they live on the GPU, and
-    the sequence lengths (every later shape depends on them)."""
+    mask); its id picks the patch. The layout is index bookkeeping on a few thousand slots, done on the host:
+    one device->host copy of the gaze and one host->device copy of the result (on the GPU, two dozen tiny
+    kernels and their syncs would cost more than the ViT on a few hundred tokens)."""
     pos, pad = _gaze_field(gaze, "gazing_pos"), _gaze_field(gaze, "if_padded_gazing")
     counts = _gaze_field(gaze, "num_gazing_each_frame")
     if not isinstance(pos, torch.Tensor) or pos.dim() != 2 or pos.dtype != torch.int64:
         raise ValueError(f"gaze gazing_pos must be a (B, N) int64 tensor, got {getattr(pos, 'shape', pos)}")
     if not isinstance(pad, torch.Tensor) or pad.shape != pos.shape:
         raise ValueError(f"gaze if_padded_gazing must be a tensor shaped like gazing_pos {tuple(pos.shape)}")
+    dev, (B, N) = pos.device, pos.shape
+    parts = [pos.flatten(), pad.to(dev).flatten().to(torch.int64)]
+    if isinstance(counts, torch.Tensor) and counts.device == dev:
+        parts.append(counts.flatten().to(torch.int64))
+    host = torch.cat(parts).cpu()  # the one device->host copy
+    pos_h, pad_h = host[: B * N].view(B, N), host[B * N: 2 * B * N].view(B, N).bool()
+    if len(parts) == 3:
+        counts = host[2 * B * N:]
     counts = [int(c) for c in (counts.tolist() if isinstance(counts, torch.Tensor) else counts)]
-    if len(counts) != num_frames or sum(counts) != pos.shape[1] or min(counts, default=0) < 0:
+    if len(counts) != num_frames or sum(counts) != N or min(counts, default=0) < 0:
         raise ValueError(f"gaze num_gazing_each_frame {counts} must have one count per frame ({num_frames}) "
-                         f"summing to gazing_pos's {pos.shape[1]} slots")
+                         f"summing to gazing_pos's {N} slots")
     video_tokens = num_frames * tokens_per_frame
-    pad, dev = pad.to(device=pos.device, dtype=torch.bool), pos.device
-    in_range = (pos >= 0) & (pos < video_tokens)
+    in_range = (pos_h >= 0) & (pos_h < video_tokens)
     if validate:
-        bad = ~pad & ~in_range
+        bad = ~pad_h & ~in_range
         if bool(bad.any()):
-            raise ValueError(f"gazing_pos holds non-padded id {int(pos[bad][0])} outside [0, {video_tokens}) "
+            raise ValueError(f"gazing_pos holds non-padded id {int(pos_h[bad][0])} outside [0, {video_tokens}) "
                              f"({num_frames} frames x {tokens_per_frame} tokens per frame)")
-    real = ~pad & in_range  # unvalidated out-of-range ids count as padded, as in gather_patches
-    B = pos.shape[0]
-    frame_of_slot = torch.repeat_interleave(torch.arange(num_frames, device=dev), torch.tensor(counts, device=dev),
-                                            output_size=pos.shape[1])
-    per_frame = torch.zeros(B, num_frames, dtype=torch.int64, device=dev)
+    real = ~pad_h & in_range  # unvalidated out-of-range ids count as padded, as in gather_patches
+    frame_of_slot = torch.repeat_interleave(torch.arange(num_frames), torch.tensor(counts, dtype=torch.int64),
+                                            output_size=N)
+    per_frame = torch.zeros(B, num_frames, dtype=torch.int64)
     per_frame.index_add_(1, frame_of_slot, real.long())
     if num_prefix:
         per_frame = torch.cat([per_frame.new_full((B, 1), num_prefix), per_frame], 1)
     lengths_t = per_frame.sum(1)
     zero = per_frame.new_zeros(1)
-    cu_frames = torch.cat([zero, per_frame.flatten().cumsum(0)]).to(torch.int32)
-    cu_seqlens = torch.cat([zero, lengths_t.cumsum(0)]).to(torch.int32)
-    lengths = lengths_t.tolist()  # the sync: every later shape depends on it
-
-    slots = _nonzero(real.flatten(), sum(lengths) - B * num_prefix)  # (b, n) order
-    ids = pos.flatten().index_select(0, slots)
-    video_of = torch.div(slots, pos.shape[1], rounding_mode="floor")
-    rows = torch.arange(ids.shape[0], device=dev) + num_prefix * (video_of + 1)
-    prefix_rows = (cu_seqlens[:-1, None].long() + torch.arange(num_prefix, device=dev)).flatten()
-    return PackedGaze(gazing_pos=pos, real=real, flat_ids=video_of * video_tokens + ids,
-                      local_ids=ids % tokens_per_frame, rows=rows,
-                      prefix_rows=prefix_rows, cu_seqlens=cu_seqlens, cu_frames=cu_frames, lengths=lengths,
-                      num_prefix=num_prefix, num_frames=num_frames)
-
-
-def _nonzero(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """Indices of the count set entries of a 1-d mask, without a second sync where torch can."""
-    try:
-        return torch.nonzero_static(mask, size=count).squeeze(1)
-    except (NotImplementedError, RuntimeError):
-        return mask.nonzero().squeeze(1)
+    cu_frames = torch.cat([zero, per_frame.flatten().cumsum(0)])
+    cu_seqlens = torch.cat([zero, lengths_t.cumsum(0)])
+    slots = real.flatten().nonzero().squeeze(1)  # (b, n) order
+    ids = pos_h.flatten()[slots]
+    video_of = torch.div(slots, N, rounding_mode="floor")
+    rows = torch.arange(ids.shape[0]) + num_prefix * (video_of + 1)
+    prefix_rows = (cu_seqlens[:-1, None] + torch.arange(num_prefix)).flatten()
+    # one copy each way: int64 bookkeeping, int32 offsets
+    n, P = ids.shape[0], prefix_rows.shape[0]
+    longs = torch.cat([video_of * video_tokens + ids, ids % tokens_per_frame, rows, prefix_rows,
+                       (~real).flatten().long()]).to(dev)
+    offsets = torch.cat([cu_seqlens, cu_frames]).to(torch.int32).to(dev)
+    flat_ids, local_ids, rows_d, prefix_d, dropped = longs.split([n, n, n, P, B * N])
+    return PackedGaze(gazing_pos=pos, dropped=dropped.view(B, N).bool(), flat_ids=flat_ids, local_ids=local_ids,
+                      rows=rows_d, prefix_rows=prefix_d, cu_seqlens=offsets[: B + 1], cu_frames=offsets[B + 1:],
+                      lengths=lengths_t.tolist(), num_prefix=num_prefix, num_frames=num_frames)
 
 
 def gazed_patches(video: torch.Tensor, flat_ids: torch.Tensor, scales: Sequence[int], patch_size: int) -> torch.Tensor:
@@ -167,7 +169,7 @@ def packed_patches(video: torch.Tensor, packed: PackedGaze, scales: Sequence[int
         from .._ops_patches import gather_patches
 
         n = packed.flat_ids.shape[0]
-        out, _ = gather_patches(video.float().contiguous(), packed.gazing_pos, ~packed.real, scales, patch_size,
+        out, _ = gather_patches(video.float().contiguous(), packed.gazing_pos, packed.dropped, scales, patch_size,
                                 total=n, validate=False)
         return out
     return gazed_patches(video, packed.flat_ids, scales, patch_size)
