@@ -450,6 +450,46 @@ def test_cuda_dense(name, N):
     check_close(got, ref_gpu)
 
 
+# More dense cases for the GPU kernel's paths (one block per band of rows and channel, unless a band does not
+# fit 47 KB of shared memory): runtime patch sizes with and without float4 (8, 10; 2 on a tall frame), a band
+# taller than the frame (32), frames of one or two pixels, strong upscaling (several output rows per source
+# row), and the per-patch fallback for wide frames (resampled scales only / with the frame-size scale / p = 64).
+CUDA_LAYOUTS = {
+    "tiny": (1, 2, 3, (1, 2, 3, 5), 1),
+    "one_pixel": (2, 1, 1, (1, 4), 1),
+    "upscale": (2, 20, 20, (16, 48, 96), 16),
+    "patch8": (3, 64, 64, (32, 64), 8),
+    "patch10": (3, 50, 50, (20, 30, 50), 10),
+    "tall_patch2": (2, 600, 40, (16, 300, 600), 2),
+    "patch32": (3, 30, 30, (32, 64, 128), 32),
+    "wide_fallback": (2, 64, 1024, (32, 64), 16),
+    "frame_fallback": (3, 640, 640, (320, 640), 16),
+    "patch64_fallback": (1, 5, 400, (64, 128), 64),
+}
+
+
+@pytest.mark.cuda
+@cuda
+@needs_ext
+@pytest.mark.parametrize("name", list(CUDA_LAYOUTS))
+@pytest.mark.parametrize("N", [1, 3])
+def test_cuda_dense_more(name, N):
+    _cuda_ready()
+    C, H, W, scales, p = CUDA_LAYOUTS[name]
+    x = frames_like(N * H + W, (N, C, H, W))
+    _poison_cuda_cache()
+    got = dense_op(x.cuda(), list(scales), p)
+    V = sum(g * g for g in patch_grids(scales, p))
+    assert got.shape == (N, V, C * p * p)
+    check_close(got, multiscale_patches_reference(x, scales, p))
+    check_close(got, dense_op(x, list(scales), p))
+
+
+def _unaligned_cuda(x):
+    """x's values in a view starting 4 bytes into its allocation (no float4 path)."""
+    return torch.empty(x.numel() + 1, device="cuda")[1:].view(x.shape).copy_(x)
+
+
 @pytest.mark.cuda
 @cuda
 @needs_ext
@@ -458,9 +498,48 @@ def test_cuda_dense_large_and_unaligned():
     x = frames_like(0, (64, 3, 224, 224), "cuda")
     check_close(dense_op(x, list(NATIVE_SCALES), 16), multiscale_patches_reference(x, NATIVE_SCALES, 16))
     # a view starting 4 bytes into its allocation: the float4 copy path must step aside
-    xs = torch.empty(x[:3].numel() + 1, device="cuda")[1:].view(3, 3, 224, 224).copy_(x[:3])
+    xs = _unaligned_cuda(x[:3])
     _poison_cuda_cache()
     check_close(dense_op(xs, list(NATIVE_SCALES), 16), multiscale_patches_reference(x[:3], NATIVE_SCALES, 16))
+    t = frames_like(1, (17, 3, 392, 392), "cuda")
+    for frames in (t, _unaligned_cuda(t[:2])):
+        _poison_cuda_cache()
+        check_close(dense_op(frames, list(TARGET_SCALES), 14), multiscale_patches_reference(frames, TARGET_SCALES, 14))
+
+
+@pytest.mark.cuda
+@cuda
+@needs_ext
+def test_cuda_dense_frame_scale_is_a_copy_and_matches_gather():
+    """The frame-size scale is unfold's bits, and every token equals what gather_patches returns for it (the same
+    bicubic arithmetic in both kernels), float4 path or not."""
+    _cuda_ready()
+    for scales, p, side in [(NATIVE_SCALES, 16, 224), (TARGET_SCALES, 14, 392), ((20, 30, 50), 10, 50)]:
+        x = frames_like(side, (3, 3, side, side), "cuda")
+        V = sum(g * g for g in patch_grids(scales, p))
+        first = V - (side // p) ** 2
+        for frames in (x, _unaligned_cuda(x)):
+            _poison_cuda_cache()
+            dense = dense_op(frames, list(scales), p)
+            assert torch.equal(dense[:, first:], F.unfold(frames, p, stride=p).transpose(1, 2))
+            every = torch.arange(3 * V, device="cuda")[None]  # all tokens of the 3 frames, as one video
+            got, _ = gather_patches(frames[None], every, torch.zeros_like(every, dtype=torch.bool), scales, p,
+                                    packed=False)
+            assert torch.equal(got.view(3, V, -1), dense)
+
+
+@pytest.mark.cuda
+@cuda
+@needs_ext
+def test_cuda_dense_inputs():
+    _cuda_ready()
+    x = frames_like(4, (2, 3, 64, 80), "cuda")
+    nc = x.transpose(-1, -2)  # non-contiguous: the op copies it
+    check_close(dense_op(nc, [16, 32, 80], 16), multiscale_patches_reference(nc.contiguous(), (16, 32, 80), 16))
+    for dt in (torch.bfloat16, torch.float16, torch.float64):  # float32 frames only, as on the CPU
+        with pytest.raises(RuntimeError, match="float32"):
+            dense_op(x.to(dt), [16, 32], 16)
+    assert dense_op(x[:0], [16, 32], 16).shape == (0, 5, 768)
 
 
 @pytest.mark.cuda
