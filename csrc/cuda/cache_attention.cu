@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cuda/async_copy.cuh"
 #include "cuda/cache_attention.h"
 
 namespace autogaze_ext {
@@ -52,17 +53,6 @@ struct Params {
 __device__ __forceinline__ int64_t read_start(const int64_t* p) {
   constexpr int64_t kBound = int64_t{1} << 40;
   return max(min(*p, kBound), -kBound);
-}
-
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = pred ? 16 : 0;  // 0: nothing is read, the 16 bytes are zero-filled
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 // N consecutive floats from / to 4*N-byte-aligned memory as one vector access.
@@ -158,8 +148,8 @@ __global__ void __launch_bounds__(kThreads) attn_tiled_kernel(Params p) {
     for (int u = 0; u < kChunk * D / 4 / kThreads; ++u) {
       const int e = tid + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
       const bool ok = r < rows;  // rows past the split / the last visible key: zero-filled, never read
-      cp_async16(Ks + (stage * kChunk + r) * KS + c4, ok ? kc + r * D + c4 : kbase, ok);
-      cp_async16(Vs + (stage * kChunk + r) * D + c4, ok ? vc + r * D + c4 : vbase, ok);
+      cp_async<16>(Ks + (stage * kChunk + r) * KS + c4, ok ? kc + r * D + c4 : kbase, ok);
+      cp_async<16>(Vs + (stage * kChunk + r) * D + c4, ok ? vc + r * D + c4 : vbase, ok);
     }
     cp_async_commit();
   };
@@ -170,7 +160,7 @@ __global__ void __launch_bounds__(kThreads) attn_tiled_kernel(Params p) {
 #pragma unroll
     for (int u = 0; u < QT * D / 4 / kThreads; ++u) {
       const int e = tid + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
-      cp_async16(Qs + r * D + c4, r < nq ? qb + r * D + c4 : p.q, r < nq);  // padding rows: zeros
+      cp_async<16>(Qs + r * D + c4, r < nq ? qb + r * D + c4 : p.q, r < nq);  // padding rows: zeros
     }
     load_chunk(0, 0);  // same commit group as q
     const bool* vrow = p.valid + static_cast<int64_t>(b) * p.L + kbeg;

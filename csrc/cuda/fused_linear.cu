@@ -13,6 +13,7 @@
 #include <climits>
 #include <cstdint>
 
+#include "cuda/async_copy.cuh"
 #include "cuda/fused_linear.h"
 
 namespace autogaze_ext {
@@ -39,28 +40,6 @@ using MediumTile = Tile<32, 64, 4, 4, 32, 3, 3>;  // 128 threads, 41 KB smem, 4x
 // 8x8 micro-tiles, ~250 registers: 2 blocks (8 warps) per SM. A tighter register cap spills (ptxas hoists
 // all shared loads of the unrolled tile).
 using LargeTile = Tile<64, 128, 8, 8, 16, 3, 2>;
-
-template <int BYTES>
-__device__ __forceinline__ void cp_async_zfill(float* smem_dst, const float* gmem_src, bool valid) {
-  // src-size 0 copies nothing and zero-fills the destination: K tails read as 0 (gmem_src stays a valid address).
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  const int src_bytes = valid ? BYTES : 0;
-  if constexpr (BYTES == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(src_bytes)
-                 : "memory");
-  } else {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(dst), "l"(gmem_src), "n"(BYTES),
-                 "r"(src_bytes)
-                 : "memory");
-  }
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-template <int PENDING>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
-}
 
 // P = 2 for swiglu (gate + up accumulators per output column), else 1. VEC = floats per cp.async: 4 needs
 // K % 4 == 0 and 16-byte aligned x and weight, 1 works for anything.
@@ -94,7 +73,7 @@ __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
       const int c = tid + i * THREADS, r = c / CPR, k = k0 + (c % CPR) * VEC;
       // Rows past M re-read row M-1 (in bounds); their results are never stored.
       const float* row = x + (m0 + r < M ? m0 + r : M - 1) * K;
-      cp_async_zfill<4 * VEC>(xs + r * LDK + (k - k0), k < K ? row + k : row, k < K);
+      cp_async<4 * VEC>(xs + r * LDK + (k - k0), k < K ? row + k : row, k < K);
     }
 #pragma unroll
     for (int i = 0; i < BNW * CPR / THREADS; ++i) {
@@ -102,7 +81,7 @@ __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
       // Local weight row r = part * BNO + column; part 1 (swiglu's up half) lives n_out rows further down.
       const int part = r / BNO, col = min(n0 + r % BNO, n_out - 1);
       const float* row = w + static_cast<int64_t>(part * n_out + col) * K;
-      cp_async_zfill<4 * VEC>(ws + r * LDK + (k - k0), k < K ? row + k : row, k < K);
+      cp_async<4 * VEC>(ws + r * LDK + (k - k0), k < K ? row + k : row, k < K);
     }
   };
 

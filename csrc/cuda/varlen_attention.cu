@@ -25,6 +25,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/async_copy.cuh"
 #include "cuda/varlen_attention.h"
 
 namespace autogaze_ext {
@@ -322,34 +323,6 @@ __device__ __forceinline__ void store_rows(const Params& p, const float (&o)[DP 
 
 // ------------------------------------------------------------- 16-byte rows: cp.async pipeline and ldmatrix
 
-__device__ __forceinline__ uint32_t smem_u32(const void* ptr) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(ptr));
-}
-
-// 16 bytes global -> shared without a register round trip; copy == false reads nothing and writes zeros
-// (src must still be a valid address).
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool copy) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(copy ? 16 : 0));
-#else
-  __trap();
-#endif
-}
-
-__device__ __forceinline__ void cp_async_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-// Waits until at most n of this thread's committed groups are still in flight.
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
 // Four 8x8 b16 matrices; lane 8i + r gives the address of row r of matrix i, and register i receives, in
 // lane 4g + t, row g, columns 2t and 2t + 1 of matrix i (of its transpose with .trans).
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
@@ -392,7 +365,7 @@ __device__ __forceinline__ void load_tile_async(uint32_t dst, const T* src, int 
     const int r = idx / kChunks, c = idx % kChunks;
     const bool copy = r < row_end - row0 && c < chunks;
     const T* from = copy ? src + (int64_t)(row0 + r) * stride + hoff + c * 8 : src;
-    cp_async16(dst + (uint32_t)((r * kRS + c * 8) * sizeof(T)), from, copy);
+    cp_async<16>(dst + (uint32_t)((r * kRS + c * 8) * sizeof(T)), from, copy);
   }
 }
 
