@@ -125,3 +125,26 @@ def official_siglip():
     from safetensors.torch import load_file
 
     return d / "siglip", load_file(str(d / "siglip" / "fixture.safetensors"))
+
+
+def cuda_us_per_call(fn, reps: int = 20, iters: int = 50, graph: bool = True) -> float:
+    """µs per call of fn on the GPU: reps calls captured in one CUDA graph and replayed iters times (graph=True),
+    or iters eager calls back to back. For the timing prints of the GPU tests."""
+    fn()
+    torch.cuda.synchronize()
+    if graph:
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(reps):
+                fn()
+        g.replay()
+        run, calls = g.replay, iters * reps
+    else:
+        run, calls = fn, iters
+    e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    e0.record()
+    for _ in range(iters):
+        run()
+    e1.record()
+    torch.cuda.synchronize()
+    return e0.elapsed_time(e1) * 1e3 / calls

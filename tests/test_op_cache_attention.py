@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from autogaze_ext import _ops
+from conftest import cuda_us_per_call
 from autogaze_ext import _ops_attention as A
 
 op = torch.ops.autogaze_ext.cache_attention if _ops.HAS_EXTENSION else None
@@ -380,41 +381,15 @@ def test_cuda_timing_print():
     valid[:, :3000] = True
     start = torch.tensor([3000], device="cuda")
 
-    def timed(fn, reps=20, iters=50):
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(reps):
-                fn()
-        g.replay()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        for _ in range(iters):
-            g.replay()
-        e1.record()
-        torch.cuda.synchronize()
-        return e0.elapsed_time(e1) * 1e3 / (iters * reps)
-
-    def eager(fn, iters=200):
-        fn()
-        torch.cuda.synchronize()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        for _ in range(iters):
-            fn()
-        e1.record()
-        torch.cuda.synchronize()
-        return e0.elapsed_time(e1) * 1e3 / iters
-
     kern = lambda: op(q, k, v, valid, start)  # noqa: E731
     ref = lambda: A.cache_attention_reference(q, k, v, valid, start)  # noqa: E731
     msg = [f"\ncache_attention B={B} n={n} H={H} d={d} L={L}, 3000 valid keys ({torch.cuda.get_device_name()}):"]
-    msg.append(f"  op: {timed(kern):.2f} us/call in a CUDA graph, {eager(kern):.2f} us/call eager")
-    msg.append(f"  torch reference: {timed(ref):.2f} us/call in a CUDA graph, {eager(ref):.2f} us/call eager")
+    for name, fn in (("op", kern), ("torch reference", ref)):
+        msg.append(f"  {name}: {cuda_us_per_call(fn):.2f} us/call in a CUDA graph, "
+                   f"{cuda_us_per_call(fn, iters=200, graph=False):.2f} us/call eager")
     for B2, n2 in [(256, 10), (1, 206), (64, 206)]:
         q2, k2, v2, valid2 = make_inputs(1, B2, H, KVH, n2, L, d, device="cuda")
         valid2[:, 3000 + n2:] = False
         kern2 = lambda: op(q2, k2, v2, valid2, start)  # noqa: E731
-        msg.append(f"  op B={B2} n={n2}: {timed(kern2, reps=5, iters=10):.2f} us/call in a CUDA graph")
+        msg.append(f"  op B={B2} n={n2}: {cuda_us_per_call(kern2, reps=5, iters=10):.2f} us/call in a CUDA graph")
     print("\n".join(msg))

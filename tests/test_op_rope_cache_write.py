@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from autogaze_ext import _ops
+from conftest import cuda_us_per_call
 from autogaze_ext import _ops_attention as A
 
 op = torch.ops.autogaze_ext.rope_cache_write if _ops.HAS_EXTENSION else None
@@ -294,23 +295,7 @@ def test_cuda_timing_print():
     qkv, pos, freq, kc, vc = _cuda(*make_inputs(0, B, n, H, KVH, d, L))
     start = torch.tensor([3000], device="cuda")
 
-    def timed(fn, reps=20, iters=50):
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(reps):
-                fn()
-        g.replay()
-        e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        e0.record()
-        for _ in range(iters):
-            g.replay()
-        e1.record()
-        torch.cuda.synchronize()
-        return e0.elapsed_time(e1) * 1e3 / (iters * reps)
-
-    t_op = timed(lambda: op(qkv, pos, freq, kc, vc, start, H, KVH))
-    t_ref = timed(lambda: A.rope_cache_write_reference(qkv, pos, freq, kc, vc, start, H, KVH))
+    t_op = cuda_us_per_call(lambda: op(qkv, pos, freq, kc, vc, start, H, KVH))
+    t_ref = cuda_us_per_call(lambda: A.rope_cache_write_reference(qkv, pos, freq, kc, vc, start, H, KVH))
     print(f"\nrope_cache_write B={B} n={n} H={H} d={d} ({torch.cuda.get_device_name()}): "
           f"op {t_op:.2f} us/call, torch reference {t_ref:.2f} us/call (CUDA graph, back to back)")
