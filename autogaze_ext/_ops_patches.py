@@ -123,7 +123,7 @@ def multiscale_pos_table(pos_embed: torch.Tensor, grids: Sequence[int]) -> torch
     pos_embed is the learned square grid (e.g. SigLIP's position_embedding.weight, 14 x 14 rows); grid g
     gets it bicubically interpolated to g x g (align_corners=False, no antialias; unchanged when g == G),
     rows row-major, grids concatenated. Floating dtypes other than float32 are computed in float32 and
-    cast back.
+    cast back. Differentiable.
     """
     if not isinstance(pos_embed, torch.Tensor):
         raise TypeError(f"pos_embed must be a torch.Tensor, got {type(pos_embed).__name__}")
@@ -137,8 +137,10 @@ def multiscale_pos_table(pos_embed: torch.Tensor, grids: Sequence[int]) -> torch
     grids = _ops._check_grids(grids)
     D = pos_embed.shape[1]
     x = pos_embed.to(torch.float32).reshape(1, G, G, D).permute(0, 3, 1, 2).contiguous()
-    # The table is the patch sequence of a D-channel G x G "image" with 1-pixel patches.
-    if _use_compiled(x) and max(grids) <= MAX_GRID:
+    # The table is the patch sequence of a D-channel G x G "image" with 1-pixel patches. The kernels have no
+    # backward: a table that needs gradients comes from the (differentiable) reference.
+    needs_grad = torch.is_grad_enabled() and pos_embed.requires_grad
+    if _use_compiled(x) and max(grids) <= MAX_GRID and not needs_grad:
         table = torch.ops.autogaze_ext.multiscale_patches(x, list(grids), 1)[0]
     else:
         table = multiscale_pos_table_reference(pos_embed.to(torch.float32), grids)

@@ -634,3 +634,17 @@ def test_cuda_opcheck_stream_and_graph():
         ref, rcu = gather_patches_reference(x2, p2.cuda(), q2.cuda(), NATIVE_SCALES, 16, w, b, pt, budget)
         check_close(tokens, ref, 1e-5)
         assert torch.equal(cu, rcu)
+
+
+def test_pos_table_gradients_are_the_reference_gradients():
+    from autogaze_ext._ops_patches import multiscale_pos_table, multiscale_pos_table_reference
+
+    g = torch.Generator().manual_seed(5)
+    pos = torch.randn(196, 8, generator=g)
+    weight = torch.randn(4 + 16 + 49 + 196, 8, generator=g)
+    grads = []
+    for fn in (multiscale_pos_table, multiscale_pos_table_reference):
+        p = pos.clone().requires_grad_()
+        (fn(p, [2, 4, 7, 14]) * weight).sum().backward()
+        grads.append(p.grad)
+    assert grads[0].abs().sum() > 0 and torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-6)

@@ -178,16 +178,18 @@ def packed_patches(video: torch.Tensor, packed: PackedGaze, scales: Sequence[int
 def scale_position_table(grid: torch.Tensor, scales: Sequence[int], patch_size: int) -> torch.Tensor:
     """(V, D) position embedding of every token of a frame: the learned (gh, gw, D) grid at each scale's
     (s // p) x (s // p) patch grid, bicubically resized (align_corners=False, no antialias; the grid itself
-    where it already has that size), as the official AutoGaze SigLIP does."""
+    where it already has that size), as the official AutoGaze SigLIP does. Square grids go through
+    multiscale_pos_table (the compiled op, float32); a non-square grid (timm with a non-square image size)
+    is resized here."""
+    from .._ops_patches import multiscale_pos_table
+
     gh, gw, D = grid.shape
+    if gh == gw:
+        return multiscale_pos_table(grid.reshape(gh * gw, D), [s // patch_size for s in scales])
     parts = []
     for s in scales:
         n = s // patch_size
-        if (n, n) == (gh, gw):
-            parts.append(grid.reshape(gh * gw, D))
-        else:
-            # channels as the batch: the resize kernels parallelise over output pixels and batch, and a
-            # 7 x 7 grid of 768 channels is otherwise ~300 µs on a GPU
-            resized = F.interpolate(grid.permute(2, 0, 1)[:, None], size=(n, n), mode="bicubic", align_corners=False)
-            parts.append(resized[:, 0].permute(1, 2, 0).reshape(n * n, D))
+        # channels as the batch: the resize kernels parallelise over output pixels and batch only
+        resized = F.interpolate(grid.permute(2, 0, 1)[:, None], size=(n, n), mode="bicubic", align_corners=False)
+        parts.append(resized[:, 0].permute(1, 2, 0).reshape(n * n, D))
     return torch.cat(parts, 0)
