@@ -26,6 +26,7 @@ from vit_layouts import fixture_gaze, random_finest_gaze  # noqa: E402
 
 import autogaze_ext as ag  # noqa: E402
 from autogaze_ext._ops_vit import _has_cuda_kernel  # noqa: E402
+from autogaze_ext.vit.graphs import capture  # noqa: E402
 from autogaze_ext.vit.reference import dense_forward  # noqa: E402
 
 BASE16 = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224,
@@ -35,16 +36,8 @@ TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 
 
 def graphed(fn):
-    """fn() captured once in a CUDA graph (static inputs): the stock model without its Python overhead."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return g.replay
+    """fn() replayed from a CUDA graph (static inputs): the stock model without its Python overhead."""
+    return capture(fn)[0].replay
 
 
 def rel_err(a, b) -> float:

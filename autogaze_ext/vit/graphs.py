@@ -28,25 +28,31 @@ def bucket_rows(total: int) -> int:
     return -(-total // grain) * grain
 
 
+def capture(fn: Callable, pool=None):
+    """fn() captured into a CUDA graph after one warm-up call on a side stream (library handles, lazy
+    initialisation): returns (graph, fn's output, which each replay rewrites)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        out = fn()
+    return graph, out
+
+
 class _Graph:
     """One captured block stack: static input rows, offsets (real videos + the filler video) and output."""
 
     def __init__(self, run: Callable, rows: int, width: int, n_videos: int, n_frames: int, dtype, device, pool):
-        self.rows = rows
         self.x = torch.zeros(rows, width, dtype=dtype, device=device)
         # the filler video / frame ends at the last row: the final entries never change
-        self.cu_seqlens = torch.full((n_videos + 2,), rows, dtype=torch.int32, device=device)
-        self.cu_frames = torch.full((n_frames + 2,), rows, dtype=torch.int32, device=device)
-        self.cu_seqlens[: n_videos + 1].zero_()
-        self.cu_frames[: n_frames + 1].zero_()
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):  # warm-up outside the graph (library handles, lazy init)
-            run(self.x, self.cu_seqlens, self.cu_frames)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
-            self.out = run(self.x, self.cu_seqlens, self.cu_frames)
+        self.cu_seqlens = torch.zeros(n_videos + 2, dtype=torch.int32, device=device)
+        self.cu_frames = torch.zeros(n_frames + 2, dtype=torch.int32, device=device)
+        self.cu_seqlens[-1] = self.cu_frames[-1] = rows
+        with torch.cuda.device(device):  # streams and graph on the tensors' GPU
+            self.graph, self.out = capture(lambda: run(self.x, self.cu_seqlens, self.cu_frames), pool)
 
     def __call__(self, x: torch.Tensor, cu_seqlens: torch.Tensor, cu_frames: torch.Tensor) -> torch.Tensor:
         total = x.shape[0]

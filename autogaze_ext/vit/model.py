@@ -57,23 +57,23 @@ class GazedViT(nn.Module):
             raise TypeError(f"cuda_graphs must be None (auto), True or False, got {cuda_graphs!r}")
         self.cuda_graphs = cuda_graphs
         self._graphs = BlockGraphs()
-        self._pos_cache = None
 
     def clear_graphs(self) -> None:
         """Drop the captured block-stack graphs (after replacing parameter tensors or moving the model)."""
         self._graphs.clear()
-        self._pos_cache = None
 
     def _use_graphs(self, x: torch.Tensor) -> bool:
         """Graphs need CUDA, the compiled attention kernel (torch's varlen path reads offsets on the host)
         and no autograd; None picks them whenever that holds."""
+        if self.cuda_graphs is False:
+            return False
         able = (x.is_cuda and self.attention_backend in ("auto", "compiled") and _has_cuda_kernel()
                 and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters()))
                 and not torch.cuda.is_current_stream_capturing())
         if self.cuda_graphs and not able:
             raise RuntimeError("cuda_graphs=True needs CUDA tensors, the compiled varlen_attention kernel, "
                                "attention_backend 'auto' or 'compiled', and no autograd (use torch.no_grad())")
-        return able if self.cuda_graphs is None else self.cuda_graphs
+        return able
 
     def extra_repr(self) -> str:
         return (f"family={self.adapter.family!r}, scales={self.scales}, patch_size={self.patch_size}, "
@@ -102,9 +102,9 @@ class GazedViT(nn.Module):
         prefix tokens at their rows."""
         a = self.adapter
         x = a.embed_patches(packed_patches(video, packed, self.scales, self.patch_size))
-        table = self._position_table()
-        if table is not None:
-            x = x + table.index_select(0, packed.local_ids)
+        grid = a.position_grid()
+        if grid is not None:
+            x = x + scale_position_table(grid, self.scales, self.patch_size).index_select(0, packed.local_ids)
         prefix = a.prefix_tokens()
         if prefix is None:
             return x
@@ -134,19 +134,6 @@ class GazedViT(nn.Module):
         out = GazedFeatures(x, packed.cu_seqlens, packed.cu_frames, packed.lengths, packed.num_prefix)
         return out.per_video() if as_list else out
 
-
-    def _position_table(self) -> torch.Tensor | None:
-        """(V, D) per-scale position embedding, recomputed only when the learned grid changes (in-place
-        updates bump its version counter)."""
-        grid = self.adapter.position_grid()
-        if grid is None:
-            return None
-        if torch.is_grad_enabled() and grid.requires_grad:
-            return scale_position_table(grid, self.scales, self.patch_size)  # part of an autograd graph
-        key = (grid.data_ptr(), grid._version, grid.dtype, grid.device, grid.shape)
-        if self._pos_cache is None or self._pos_cache[0] != key:
-            self._pos_cache = (key, scale_position_table(grid, self.scales, self.patch_size))
-        return self._pos_cache[1]
 
     def _block_stack(self, mode: str, num_prefix: int):
         """(x, cu_seqlens, cu_frames) -> features: pre-norm, the blocks on packed tokens, final norm."""
