@@ -433,23 +433,6 @@ def _cuda_ready():
     assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
 
 
-@pytest.mark.cuda
-@cuda
-@needs_ext
-@pytest.mark.parametrize("name", list(LAYOUTS))
-@pytest.mark.parametrize("N", [1, 5])
-def test_cuda_dense(name, N):
-    _cuda_ready()
-    C, H, W, scales, p = LAYOUTS[name]
-    x = frames_like(N * H, (N, C, H, W))
-    _poison_cuda_cache()
-    got = dense_op(x.cuda(), list(scales), p)
-    check_close(got, multiscale_patches_reference(x, scales, p))
-    check_close(got, dense_op(x, list(scales), p))
-    ref_gpu = multiscale_patches_reference(x.cuda(), scales, p)  # torch's CUDA bicubic
-    check_close(got, ref_gpu)
-
-
 # More dense cases for the GPU kernel's paths (one block per band of rows and channel, unless a band does not
 # fit 47 KB of shared memory): runtime patch sizes with and without float4 (8, 10; 2 on a tall frame), a band
 # taller than the frame (32), frames of one or two pixels, strong upscaling (several output rows per source
@@ -471,11 +454,11 @@ CUDA_LAYOUTS = {
 @pytest.mark.cuda
 @cuda
 @needs_ext
-@pytest.mark.parametrize("name", list(CUDA_LAYOUTS))
-@pytest.mark.parametrize("N", [1, 3])
-def test_cuda_dense_more(name, N):
+@pytest.mark.parametrize("name", list(LAYOUTS) + list(CUDA_LAYOUTS))
+@pytest.mark.parametrize("N", [1, 3, 5])
+def test_cuda_dense(name, N):
     _cuda_ready()
-    C, H, W, scales, p = CUDA_LAYOUTS[name]
+    C, H, W, scales, p = {**LAYOUTS, **CUDA_LAYOUTS}[name]
     x = frames_like(N * H + W, (N, C, H, W))
     _poison_cuda_cache()
     got = dense_op(x.cuda(), list(scales), p)
@@ -483,6 +466,7 @@ def test_cuda_dense_more(name, N):
     assert got.shape == (N, V, C * p * p)
     check_close(got, multiscale_patches_reference(x, scales, p))
     check_close(got, dense_op(x, list(scales), p))
+    check_close(got, multiscale_patches_reference(x.cuda(), scales, p))  # torch's CUDA bicubic
 
 
 def _unaligned_cuda(x):
