@@ -1,0 +1,366 @@
+// Device-side building blocks of cache_attention (see cache_attention.cu for the algorithm): the tiled
+// flash-decoding pass over one (batch*head, query tile, key split) and the warp-per-query combine of the
+// splits. Shared by the cache_attention kernels and the decoder_layers kernel, which runs the same passes
+// as phases of one persistent launch.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "cuda/async_copy.cuh"
+#include "cuda/cache_attention.h"
+
+namespace autogaze_ext {
+namespace attn {
+
+constexpr int kThreads = 128;
+constexpr int kChunk = 64;       // keys per shared-memory stage
+constexpr int kMaxSplit = 2048;  // keys per split; bounds the validity bytes a block keeps in shared memory
+constexpr int kMaxHeadDim = 256;
+constexpr float kNegInf = -INFINITY;
+
+struct Params {
+  const float* q;
+  const float* k;
+  const float* v;
+  const bool* valid;
+  const int64_t* start;
+  float* out;
+  float* ws_acc;  // (B*H*n, num_splits, d) unnormalised partial outputs
+  float* ws_ml;   // (B*H*n, num_splits, 2) running max and sum (8-byte aligned)
+  int H, KVH, n, d;
+  int64_t L;
+  int64_t split;
+  int num_splits;
+  float scale;
+};
+
+// start is a device value: clamp so that start + i never overflows (any start beyond the bound behaves
+// the same as the bound: no key, or every key, in range).
+__device__ __forceinline__ int64_t read_start(const int64_t* p) {
+  constexpr int64_t kBound = int64_t{1} << 40;
+  return max(min(*p, kBound), -kBound);
+}
+
+// N consecutive floats from / to 4*N-byte-aligned memory as one vector access.
+template <int N>
+__device__ __forceinline__ void load_vec(const float* p, float (&r)[N]) {
+  if constexpr (N == 4) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w;
+  } else if constexpr (N == 2) {
+    const float2 v = *reinterpret_cast<const float2*>(p);
+    r[0] = v.x, r[1] = v.y;
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) r[e] = p[e];
+  }
+}
+template <int N>
+__device__ __forceinline__ void store_vec(float* p, const float (&r)[N]) {
+  if constexpr (N == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(r[0], r[1], r[2], r[3]);
+  } else if constexpr (N == 2) {
+    *reinterpret_cast<float2*>(p) = make_float2(r[0], r[1]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) p[e] = r[e];
+  }
+}
+
+// Reductions over the 16 lanes of a half-warp (xor partners never leave it). A butterfly leaves the
+// bitwise-same result in every lane.
+__device__ __forceinline__ float half_warp_max(float x) {
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+__device__ __forceinline__ float half_warp_sum(float x) {
+#pragma unroll
+  for (int o = 8; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+template <int D, int QT>
+struct TiledLayout {
+  static constexpr int TQ = QT / 8;       // query rows per thread (8 row groups)
+  static constexpr int TK = kChunk / 16;  // keys per thread in the score phase (16 key groups)
+  static constexpr int CW = D / 16;       // output columns per thread in the p @ v phase
+  static constexpr int KStride = D + 4;   // padded K rows: the 8 rows a quarter-warp reads hit distinct banks
+  static constexpr int PStride = QT + TQ; // padded P^T rows: conflict-free vector stores of TQ probabilities
+  static constexpr int kFloats = QT * D + 2 * kChunk * KStride + 2 * kChunk * D + kChunk * PStride;
+  static size_t smem_bytes(int64_t split) { return sizeof(float) * kFloats + ((split + 15) / 16) * 16; }
+};
+
+// Thread (qg, kg), qg = row group 0..7, kg = key group 0..15; the 16 lanes of a half-warp share qg.
+// Scores: rows qg*TQ + a, keys kg + 16*m of the chunk. p @ v: the same rows, columns kg*CW .. +CW, so
+// the per-row softmax state (m, l, the rescale factor) is the thread's own, replicated across its half-warp.
+template <int D, int QT>
+__device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_id, float* smem) {
+  using Lay = TiledLayout<D, QT>;
+  constexpr int TQ = Lay::TQ, TK = Lay::TK, CW = Lay::CW, KS = Lay::KStride, PS = Lay::PStride;
+  float* Qs = smem;                             // [QT][D]
+  float* Ks = Qs + QT * D;                      // [2][kChunk][KS]
+  float* Vs = Ks + 2 * kChunk * KS;             // [2][kChunk][D]
+  float* Ps = Vs + 2 * kChunk * D;              // [kChunk][PS]: P transposed
+  unsigned char* Valid = reinterpret_cast<unsigned char*>(Ps + kChunk * PS);  // [split]
+
+  const int b = bh / p.H, h = bh - b * p.H;
+  const int q0 = q_tile * QT;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int kg = lane & 15, qg = (tid >> 5) * 2 + (lane >> 4);
+
+  const int64_t s0 = read_start(p.start);
+  const int nq = min(QT, p.n - q0);
+  const int64_t kend = min(s0 + q0 + nq - 1, p.L - 1);  // last key any query of this tile may see
+  const int64_t kbeg = static_cast<int64_t>(split_id) * p.split;
+  if (p.num_splits > 1 && kbeg > kend) return;  // not live: the combine never reads this split for these queries
+  const int64_t kstop = min(kbeg + p.split - 1, kend);
+  const int nkeys = kstop >= kbeg ? static_cast<int>(kstop - kbeg + 1) : 0;
+  const int nchunks = (nkeys + kChunk - 1) / kChunk;
+
+  const int hk = h / (p.H / p.KVH);
+  const int64_t kv_off = (static_cast<int64_t>(b) * p.KVH + hk) * p.L * D;
+  const float* kbase = p.k + kv_off + kbeg * D;
+  const float* vbase = p.v + kv_off + kbeg * D;
+
+  auto load_chunk = [&](int c, int stage) {
+    const int rows = min(kChunk, nkeys - c * kChunk);
+    const float* kc = kbase + static_cast<int64_t>(c) * kChunk * D;
+    const float* vc = vbase + static_cast<int64_t>(c) * kChunk * D;
+    static_assert(kChunk * D / 4 % kThreads == 0, "whole float4s per thread");
+#pragma unroll
+    for (int u = 0; u < kChunk * D / 4 / kThreads; ++u) {
+      const int e = tid + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
+      const bool ok = r < rows;  // rows past the split / the last visible key: zero-filled, never read
+      cp_async<16>(Ks + (stage * kChunk + r) * KS + c4, ok ? kc + r * D + c4 : kbase, ok);
+      cp_async<16>(Vs + (stage * kChunk + r) * D + c4, ok ? vc + r * D + c4 : vbase, ok);
+    }
+    cp_async_commit();
+  };
+
+  if (nchunks > 0) {
+    const float* qb = p.q + (static_cast<int64_t>(bh) * p.n + q0) * D;
+    static_assert(QT * D / 4 % kThreads == 0, "whole float4s per thread");
+#pragma unroll
+    for (int u = 0; u < QT * D / 4 / kThreads; ++u) {
+      const int e = tid + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
+      cp_async<16>(Qs + r * D + c4, r < nq ? qb + r * D + c4 : p.q, r < nq);  // padding rows: zeros
+    }
+    load_chunk(0, 0);  // same commit group as q
+    const bool* vrow = p.valid + static_cast<int64_t>(b) * p.L + kbeg;
+    for (int j = tid; j < nkeys; j += kThreads) Valid[j] = vrow[j];  // visible after the first barrier
+  }
+
+  float m_run[TQ], l_run[TQ], o[TQ][CW];
+  int64_t slot[TQ];
+#pragma unroll
+  for (int a = 0; a < TQ; ++a) {
+    m_run[a] = kNegInf, l_run[a] = 0.f;
+    slot[a] = s0 + q0 + qg * TQ + a;
+#pragma unroll
+    for (int c = 0; c < CW; ++c) o[a][c] = 0.f;
+  }
+
+  for (int c = 0; c < nchunks; ++c) {
+    const int stage = c & 1;
+    if (c + 1 < nchunks) {
+      load_chunk(c + 1, stage ^ 1);  // that stage was released by the barrier that ended chunk c-1
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const float* Kst = Ks + stage * kChunk * KS;
+    const float* Vst = Vs + stage * kChunk * D;
+
+    // scores s[a][m] = q[row a] . k[key m]
+    float s[TQ][TK];
+#pragma unroll
+    for (int a = 0; a < TQ; ++a)
+#pragma unroll
+      for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
+#pragma unroll
+    for (int cc = 0; cc < D; cc += 4) {
+      float kf[TK][4];
+#pragma unroll
+      for (int m = 0; m < TK; ++m) load_vec<4>(Kst + (kg + 16 * m) * KS + cc, kf[m]);
+#pragma unroll
+      for (int a = 0; a < TQ; ++a) {
+        float qf[4];
+        load_vec<4>(Qs + (qg * TQ + a) * D + cc, qf);  // one address per half-warp: a broadcast
+#pragma unroll
+        for (int m = 0; m < TK; ++m)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[a][m] = fmaf(qf[e], kf[m][e], s[a][m]);
+      }
+    }
+
+    // mask, then the online softmax update of each row
+#pragma unroll
+    for (int a = 0; a < TQ; ++a) {
+      float mx = kNegInf;
+#pragma unroll
+      for (int m = 0; m < TK; ++m) {
+        const int jl = c * kChunk + kg + 16 * m;  // key index within the split
+        const int64_t j = kbeg + jl;
+        const bool ok = jl < nkeys && j <= slot[a] && (Valid[jl] != 0 || j == slot[a]);
+        s[a][m] = ok ? s[a][m] * p.scale : kNegInf;
+        mx = fmaxf(mx, s[a][m]);
+      }
+      mx = half_warp_max(mx);
+      const float m_new = fmaxf(m_run[a], mx);
+      float alpha = 1.f, psum = 0.f;
+      if (m_new != kNegInf) {  // uniform over the half-warp
+        alpha = expf(m_run[a] - m_new);  // 0 while the row had nothing yet (m_run = -inf)
+#pragma unroll
+        for (int m = 0; m < TK; ++m) {
+          s[a][m] = expf(s[a][m] - m_new);  // masked: exp(-inf) = 0
+          psum += s[a][m];
+        }
+      } else {
+#pragma unroll
+        for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
+      }
+      psum = half_warp_sum(psum);
+      l_run[a] = l_run[a] * alpha + psum;
+      m_run[a] = m_new;
+#pragma unroll
+      for (int cw = 0; cw < CW; ++cw) o[a][cw] *= alpha;
+    }
+#pragma unroll
+    for (int m = 0; m < TK; ++m) {
+      float pv[TQ];
+#pragma unroll
+      for (int a = 0; a < TQ; ++a) pv[a] = s[a][m];
+      store_vec<TQ>(Ps + (kg + 16 * m) * PS + qg * TQ, pv);
+    }
+    __syncthreads();
+
+    // o[rows][cols] += P[rows][k] * V[k][cols]
+    const int kn = min(kChunk, nkeys - c * kChunk);
+#pragma unroll 4
+    for (int k = 0; k < kn; ++k) {
+      float pr[TQ], vr[CW];
+      load_vec<TQ>(Ps + k * PS + qg * TQ, pr);
+      load_vec<CW>(Vst + k * D + kg * CW, vr);
+#pragma unroll
+      for (int a = 0; a < TQ; ++a)
+#pragma unroll
+        for (int cw = 0; cw < CW; ++cw) o[a][cw] = fmaf(pr[a], vr[cw], o[a][cw]);
+    }
+    __syncthreads();  // this stage and Ps are free for the next chunk's load
+  }
+
+#pragma unroll
+  for (int a = 0; a < TQ; ++a) {
+    const int i = q0 + qg * TQ + a;
+    if (i >= p.n) continue;
+    const int64_t row = static_cast<int64_t>(bh) * p.n + i;
+    float r[CW];
+    if (p.num_splits == 1) {
+#pragma unroll
+      for (int cw = 0; cw < CW; ++cw) r[cw] = o[a][cw] / l_run[a];  // no key at all: 0/0 = NaN
+      store_vec<CW>(p.out + row * D + kg * CW, r);
+    } else {
+      const int64_t part = row * p.num_splits + split_id;
+#pragma unroll
+      for (int cw = 0; cw < CW; ++cw) r[cw] = o[a][cw];
+      store_vec<CW>(p.ws_acc + part * D + kg * CW, r);
+      if (kg == 0) *reinterpret_cast<float2*>(p.ws_ml + part * 2) = make_float2(m_run[a], l_run[a]);
+    }
+  }
+}
+
+// Which splits ran for query i: 0 .. min(start+i, L-1) / split (none when start+i < 0).
+__device__ __forceinline__ int live_splits(const Params& p, int i) {
+  const int64_t si = read_start(p.start) + i;
+  return si < 0 ? 0 : static_cast<int>(min(static_cast<int64_t>(p.num_splits), min(si, p.L - 1) / p.split + 1));
+}
+
+// One halving exchange of the transpose-butterfly: of the O columns (per 32) a lane still holds, it keeps
+// the upper half if bit O of its lane is set, else the lower half, and adds its partner's copy of them.
+template <int O, int D>
+__device__ __forceinline__ void butterfly_level(float (&a)[D], int lane) {
+  const bool upper = (lane & O) != 0;
+#pragma unroll
+  for (int hh = 0; hh < D; hh += 32) {
+#pragma unroll
+    for (int c = 0; c < O; ++c) {
+      const float lo = a[hh + c], hi = a[hh + c + O];
+      a[hh + c] = (upper ? hi : lo) + __shfl_xor_sync(0xffffffffu, upper ? lo : hi, O);
+    }
+  }
+}
+
+// Combine for d = 32/64, one warp per (b, h, query). Lane s takes split s (and s + 32, ...): all its loads
+// are issued at once (one L2 round trip for <= 32 splits, where a loop over splits per column would
+// serialise them). Each lane folds its splits into (m, l, acc[D]) like the online softmax, rescales to
+// the warp's max, then a transpose-butterfly sums acc over lanes: after 5 halving exchanges (31 shuffles
+// for 32 columns) lane c holds column c (and c + 32 for d = 64).
+template <int D>
+__device__ inline void attn_combine_row(const Params& p, int64_t row, int lane) {
+  const int live = live_splits(p, static_cast<int>(row % p.n));
+  const float2* ml = reinterpret_cast<const float2*>(p.ws_ml) + row * p.num_splits;
+  const float* acc = p.ws_acc + row * p.num_splits * D;
+
+  float m = kNegInf, l = 0.f, a[D];
+#pragma unroll
+  for (int c = 0; c < D; ++c) a[c] = 0.f;
+  for (int s = lane; s < live; s += 32) {
+    const float2 e = ml[s];
+    if (e.x == kNegInf) continue;  // nothing visible in this split
+    const float mn = fmaxf(m, e.x);
+    const float f_old = expf(m - mn), f_new = expf(e.x - mn);  // f_old = 0 on the lane's first split
+    l = l * f_old + f_new * e.y;
+#pragma unroll
+    for (int c = 0; c < D; c += 4) {
+      float r[4];
+      load_vec<4>(acc + static_cast<int64_t>(s) * D + c, r);
+#pragma unroll
+      for (int e4 = 0; e4 < 4; ++e4) a[c + e4] = a[c + e4] * f_old + f_new * r[e4];
+    }
+    m = mn;
+  }
+  float M = m;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o));
+  const float f = m == kNegInf ? 0.f : expf(m - M);  // this lane's splits, rescaled to the warp's max
+  l *= f;
+#pragma unroll
+  for (int c = 0; c < D; ++c) a[c] *= f;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(0xffffffffu, l, o);
+  butterfly_level<16, D>(a, lane);
+  butterfly_level<8, D>(a, lane);
+  butterfly_level<4, D>(a, lane);
+  butterfly_level<2, D>(a, lane);
+  butterfly_level<1, D>(a, lane);
+#pragma unroll
+  for (int hh = 0; hh < D; hh += 32) p.out[row * D + hh + lane] = a[hh] / l;  // no key at all: 0/0 = NaN
+}
+
+// Workspace: acc (parts, d) first (16-byte aligned rows for d = 32/64), then (m, l) pairs from a
+// 16-byte boundary, so their float2 stores stay aligned for any d.
+inline int64_t ml_offset(int64_t parts, int64_t d) { return (parts * d + 3) / 4 * 4; }
+
+// Kernel parameters of one call (host side); workspace laid out as ml_offset says.
+inline Params make_params(const CacheAttentionPlan& plan, const float* q, const float* k_cache, const float* v_cache,
+                          const bool* key_valid, const int64_t* start, float* out, float* workspace, int64_t batch,
+                          int64_t num_heads, int64_t num_kv_heads, int64_t n, int64_t cache_len, int64_t head_dim) {
+  Params p;
+  p.q = q, p.k = k_cache, p.v = v_cache, p.valid = key_valid, p.start = start, p.out = out;
+  const int64_t rows = batch * num_heads * n;
+  p.ws_acc = workspace;
+  p.ws_ml = plan.num_splits > 1 ? workspace + ml_offset(rows * plan.num_splits, head_dim) : nullptr;
+  p.H = static_cast<int>(num_heads), p.KVH = static_cast<int>(num_kv_heads), p.n = static_cast<int>(n);
+  p.d = static_cast<int>(head_dim);
+  p.L = cache_len, p.split = plan.split, p.num_splits = static_cast<int>(plan.num_splits);
+  p.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
+  return p;
+}
+
+}  // namespace attn
+}  // namespace autogaze_ext
