@@ -15,6 +15,7 @@
 
 #include "cuda/async_copy.cuh"
 #include "cuda/fused_linear.h"
+#include "cuda/rmsnorm.cuh"
 
 namespace autogaze_ext {
 namespace {
@@ -95,15 +96,8 @@ __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
     // Inverse RMS of this block's rows, one warp per row, while the first tiles are in flight.
     const int warp = tid / 32, lane = tid % 32;
     for (int r = warp; r < BM; r += THREADS / 32) {
-      const float* row = x + (m0 + r < M ? m0 + r : M - 1) * K;
-      float ss = 0.0f;
-      for (int k = lane; k < K; k += 32) {
-        const float v = __ldg(row + k);
-        ss = fmaf(v, v, ss);
-      }
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-      if (lane == 0) s_inv[r] = 1.0f / sqrtf(ss / static_cast<float>(K) + eps);
+      const float inv = warp_inv_rms(x + (m0 + r < M ? m0 + r : M - 1) * K, K, eps, lane);
+      if (lane == 0) s_inv[r] = inv;
     }
   }
 
@@ -127,7 +121,7 @@ __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
 #pragma unroll
       for (int i = 0; i < BM * BK / THREADS; ++i) {
         const int e = tid + i * THREADS, r = e / BK, k = e % BK;
-        if (k0 + k < K) xs[r * LDK + k] = __ldg(nw + k0 + k) * (xs[r * LDK + k] * s_inv[r]);
+        if (k0 + k < K) xs[r * LDK + k] = rms_apply(xs[r * LDK + k], s_inv[r], __ldg(nw + k0 + k));
       }
       __syncthreads();
     }

@@ -1,13 +1,11 @@
 // rope_cache_write on the GPU: one thread per VEC consecutive rotation pairs (i, i + d/2) of one head of
 // one token, so q, k and v of a token are handled by neighbouring threads and every load and store of
 // a warp is contiguous. One launch: rotate q into q_out, rotate k and copy v into the caches.
-//
-// Exactness: the angle is one fp32 multiply, cos/sin are the precise cosf/sinf (no fast-math), and the
-// rotation is two rounded products and one rounded sum (__fmul_rn/__fadd_rn keep nvcc from contracting
-// them into an FMA), i.e. the same operations as decoder.py's x * cos + rotate_half(x) * sin.
+// The rotation itself (and why it is exact) is in rope.cuh.
 #include <algorithm>
 #include <type_traits>
 
+#include "cuda/rope.cuh"
 #include "cuda/rope_cache_write.h"
 
 namespace autogaze_ext {
@@ -74,15 +72,15 @@ __global__ void rope_cache_write_kernel(const float* __restrict__ qkv, const int
         continue;
       }
     }
-    const float p = static_cast<float>(positions[tok]);  // int64 -> fp32, round to nearest (like .float())
+    const int64_t pos = positions[tok];
     T y1, y2;
 #pragma unroll
     for (int e = 0; e < VEC; ++e) {
-      const float a = __fmul_rn(p, inv_freq[i0 + e]);
+      const float a = rope_angle(pos, inv_freq[i0 + e]);
       const float c = cosf(a), s = sinf(a);
       const float u = V::get(x1, e), w = V::get(x2, e);
-      V::set(y1, e, __fadd_rn(__fmul_rn(u, c), -__fmul_rn(w, s)));  // x1*cos + (-x2)*sin
-      V::set(y2, e, __fadd_rn(__fmul_rn(w, c), __fmul_rn(u, s)));   // x2*cos + x1*sin
+      V::set(y1, e, rope_lower(u, w, c, s));
+      V::set(y2, e, rope_upper(u, w, c, s));
     }
     *reinterpret_cast<T*>(dst + i0) = y1;
     *reinterpret_cast<T*>(dst + half + i0) = y2;
