@@ -148,3 +148,11 @@ def cuda_us_per_call(fn, reps: int = 20, iters: int = 50, graph: bool = True) ->
     e1.record()
     torch.cuda.synchronize()
     return e0.elapsed_time(e1) * 1e3 / calls
+
+
+def poison_cuda_cache() -> None:
+    """Leave the caching allocator's free blocks full of 0x7F bytes, so an output element (or workspace entry)
+    a kernel forgets to write shows up as 3.4e38 instead of a lucky zero."""
+    keep = [torch.full((n,), 0x7F, dtype=torch.uint8, device="cuda") for n in [1 << 28] + [1 << 20] * 32]
+    torch.cuda.synchronize()
+    del keep

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autogaze_ext import _ops
-from conftest import cuda_us_per_call
+from conftest import cuda_us_per_call, poison_cuda_cache
 from autogaze_ext import _ops_attention as A
 
 op = torch.ops.autogaze_ext.cache_attention if _ops.HAS_EXTENSION else None
@@ -199,16 +199,10 @@ def test_fake_and_compile():
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
-def _poison_cuda_cache():
-    """Fill the caching allocator's free blocks with 0x7F bytes (3.4e38 as float) so unwritten outputs (and
-    workspace entries read without being written) show."""
-    keep = [torch.full((n,), 0x7F, dtype=torch.uint8, device="cuda") for n in [1 << 26] + [1 << 19] * 32]
-    torch.cuda.synchronize()
-    del keep
 
 
 def _cuda_check(q, k, v, valid, start, tol=1e-5):
-    _poison_cuda_cache()
+    poison_cuda_cache()
     qc, kc, vc, validc, sc = (t.cuda() for t in (q, k, v, valid, start))
     out = op(qc, kc, vc, validc, sc)
     check(out.cpu(), q, k, v, valid, start, tol)
@@ -328,7 +322,7 @@ def test_cuda_opcheck_stream_and_graph():
         s_q.copy_(q2)
         s_valid.copy_(valid2)
         start.fill_(st)
-        _poison_cuda_cache()
+        poison_cuda_cache()
         graph.replay()
         check(out.cpu(), q2, k, v, valid2, torch.tensor([st]))
 

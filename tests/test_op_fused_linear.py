@@ -5,6 +5,8 @@ import itertools
 import pytest
 import torch
 
+from conftest import poison_cuda_cache
+
 from autogaze_ext import _ops
 from autogaze_ext._ops_linear import MAX_K, fused_linear, fused_linear_reference
 
@@ -202,17 +204,11 @@ def test_fake_and_compile():
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
-def _poison_cuda_cache():
-    """Leave the caching allocator's free blocks full of 0x7F bytes, so any output element a kernel
-    forgets to write shows up as 3.4e38 instead of a lucky zero."""
-    keep = [torch.full((n,), 0x7F, dtype=torch.uint8, device="cuda") for n in [1 << 28] + [1 << 20] * 32]
-    torch.cuda.synchronize()
-    del keep
 
 
 def _cuda_case(seed, M, K, N, swiglu, norm, res):
     x, w, nw, r = make_inputs(seed, M, K, N, swiglu, norm, res, device="cuda")
-    _poison_cuda_cache()
+    poison_cuda_cache()
     out = op(x, w, nw, EPS, r, swiglu)
     assert out.is_cuda
     check(out, x, w, nw, r, swiglu)
@@ -274,7 +270,7 @@ def test_cuda_unaligned_rows():
         x, w, nw, r = make_inputs(M, M, K, N, False, True, True, device="cuda")
         xs = torch.empty(M * K + 1, device="cuda")[1:].view(M, K).copy_(x)
         ws = torch.empty(N * K + 1, device="cuda")[1:].view(N, K).copy_(w)
-        _poison_cuda_cache()
+        poison_cuda_cache()
         check(op(xs, ws, nw, EPS, r, False), x, w, nw, r, False)
         sw = op(xs, ws, nw, EPS, None, True)
         check(sw, x, w, nw, None, True)

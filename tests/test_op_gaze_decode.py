@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from conftest import poison_cuda_cache
+
 from autogaze_ext import _ops
 
 NATIVE = [2, 4, 7, 14]  # V = 265
@@ -189,16 +191,10 @@ def test_fake_and_compile():
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
-def _poison_cuda_cache():
-    """Leave the caching allocator's free blocks full of 0x7F bytes, so any output element a kernel
-    forgets to write shows up as 3.4e38 (float) or 2139062143 (int32) instead of a lucky zero."""
-    keep = [torch.full((n,), 0x7F, dtype=torch.uint8, device="cuda") for n in [1 << 26] + [1 << 19] * 32]
-    torch.cuda.synchronize()
-    del keep
 
 
 def _cuda_vs_cpu(pos, pad, T, grids):
-    _poison_cuda_cache()
+    poison_cuda_cache()
     got = _ops.gaze_decode(pos.cuda(), pad.cuda(), T, grids, validate=False)
     ref = op(pos, pad, T, grids)
     for a, b in zip(got, ref):

@@ -10,7 +10,7 @@ from autogaze_ext._ops_patches import (NATIVE_SCALES, gather_patches, gather_pat
                                        multiscale_patches_reference, multiscale_pos_table,
                                        multiscale_pos_table_reference, patch_grids)
 
-from conftest import data_dir, fixture_dir
+from conftest import data_dir, fixture_dir, poison_cuda_cache
 
 dense_op = torch.ops.autogaze_ext.multiscale_patches if _ops.HAS_EXTENSION else None
 gather_op = torch.ops.autogaze_ext.gather_patches if _ops.HAS_EXTENSION else None
@@ -421,12 +421,6 @@ def test_fake_and_compile():
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
-def _poison_cuda_cache():
-    """Leave the caching allocator's free blocks full of 0x7F bytes, so any output element a kernel
-    forgets to write shows up as 3.4e38 instead of a lucky zero."""
-    keep = [torch.full((n,), 0x7F, dtype=torch.uint8, device="cuda") for n in [1 << 28] + [1 << 20] * 32]
-    torch.cuda.synchronize()
-    del keep
 
 
 def _cuda_ready():
@@ -460,7 +454,7 @@ def test_cuda_dense(name, N):
     _cuda_ready()
     C, H, W, scales, p = {**LAYOUTS, **CUDA_LAYOUTS}[name]
     x = frames_like(N * H + W, (N, C, H, W))
-    _poison_cuda_cache()
+    poison_cuda_cache()
     got = dense_op(x.cuda(), list(scales), p)
     V = sum(g * g for g in patch_grids(scales, p))
     assert got.shape == (N, V, C * p * p)
@@ -483,11 +477,11 @@ def test_cuda_dense_large_and_unaligned():
     check_close(dense_op(x, list(NATIVE_SCALES), 16), multiscale_patches_reference(x, NATIVE_SCALES, 16))
     # a view starting 4 bytes into its allocation: the float4 copy path must step aside
     xs = _unaligned_cuda(x[:3])
-    _poison_cuda_cache()
+    poison_cuda_cache()
     check_close(dense_op(xs, list(NATIVE_SCALES), 16), multiscale_patches_reference(x[:3], NATIVE_SCALES, 16))
     t = frames_like(1, (17, 3, 392, 392), "cuda")
     for frames in (t, _unaligned_cuda(t[:2])):
-        _poison_cuda_cache()
+        poison_cuda_cache()
         check_close(dense_op(frames, list(TARGET_SCALES), 14), multiscale_patches_reference(frames, TARGET_SCALES, 14))
 
 
@@ -503,7 +497,7 @@ def test_cuda_dense_frame_scale_is_a_copy_and_matches_gather():
         V = sum(g * g for g in patch_grids(scales, p))
         first = V - (side // p) ** 2
         for frames in (x, _unaligned_cuda(x)):
-            _poison_cuda_cache()
+            poison_cuda_cache()
             dense = dense_op(frames, list(scales), p)
             assert torch.equal(dense[:, first:], F.unfold(frames, p, stride=p).transpose(1, 2))
             every = torch.arange(3 * V, device="cuda")[None]  # all tokens of the 3 frames, as one video
@@ -539,7 +533,7 @@ def test_cuda_gather(name, embed, packed):
     B, T = 3, 4
     x = frames_like(H, (B, T, C, H, W), "cuda")
     pos, pad = make_gaze(H, B, 333, T, V)
-    _poison_cuda_cache()
+    poison_cuda_cache()
     got, cu = _check_gather(x, pos.cuda(), pad.cuda(), scales, p, embed, packed, tol=1e-5 if embed else TOL)
     cpu, cpu_cu = gather_patches(x.cpu(), pos, pad, scales, p, packed=packed, validate=False,
                                  **(dict(zip(("weight", "bias", "pos_table"),
@@ -557,7 +551,7 @@ def test_cuda_gather_edges():
     for seed, N, frac in [(0, 1, 0.0), (1, 265 * 16, 0.2), (2, 9, 1.0), (3, 4000, 0.9)]:
         pos, pad = make_gaze(seed, 2, N, 16, 265, frac)
         for total in (None, 0, 7, int((~pad).sum()) + 3):
-            _poison_cuda_cache()
+            poison_cuda_cache()
             _check_gather(x, pos.cuda(), pad.cuda(), NATIVE_SCALES, 16, True, True, 1e-5, total=total)
     e = torch.empty(2, 0, dtype=torch.long, device="cuda")
     got, cu = gather_patches(x, e, e.bool())
@@ -611,7 +605,7 @@ def test_cuda_opcheck_stream_and_graph():
         sx.copy_(x2)
         spos.copy_(p2)
         spad.copy_(q2)
-        _poison_cuda_cache()
+        poison_cuda_cache()
         graph.replay()
         torch.cuda.synchronize()
         check_close(dense, multiscale_patches_reference(x2[0], NATIVE_SCALES, 16))

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from autogaze_ext import _ops
 from autogaze_ext._ops_preprocess import preprocess, preprocess_reference
 from autogaze_ext.processor import AutoGazeImageProcessor
-from conftest import case_input, data_dir, fixture_dir, run_case
+from conftest import case_input, data_dir, fixture_dir, run_case, poison_cuda_cache
 
 op = torch.ops.autogaze_ext.preprocess if _ops.HAS_EXTENSION else None
 needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
@@ -205,12 +205,6 @@ def test_opcheck_fake_and_compile():
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
-def _poison_cuda_cache():
-    """Leave the caching allocator's free blocks full of 0x7F bytes, so any output element a kernel
-    forgets to write shows up as 3.4e38 instead of a lucky zero."""
-    keep = [torch.full((n,), 0x7F, dtype=torch.uint8, device="cuda") for n in [1 << 28] + [1 << 20] * 32]
-    torch.cuda.synchronize()
-    del keep
 
 
 @pytest.mark.cuda
@@ -222,7 +216,7 @@ def test_cuda_matches_cpu(H, W, size, dtype):
     assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
     frames = random_frames(H + W, (1, 2, H, W, 3), dtype)
     proc = processor_for(size)
-    _poison_cuda_cache()
+    poison_cuda_cache()
     got, got_model = preprocess(frames.cuda(), proc)
     cpu, cpu_model = preprocess(frames, proc)
     assert got.is_cuda and torch.equal(got.cpu(), cpu)  # integer taps and unfused double: bit-exact
@@ -253,7 +247,7 @@ def test_cuda_stream_and_graph():
         processed, model_input = op(static, 224, 224, 160, 1 / 127.5, True, MEAN, STD)
     new = random_frames(1, (16, 448, 448, 3))
     static.copy_(new.cuda())
-    _poison_cuda_cache()
+    poison_cuda_cache()
     graph.replay()
     torch.cuda.synchronize()
     ref = op(new, 224, 224, 160, 1 / 127.5, True, MEAN, STD)

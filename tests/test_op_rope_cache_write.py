@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from autogaze_ext import _ops
-from conftest import cuda_us_per_call
+from conftest import cuda_us_per_call, poison_cuda_cache
 from autogaze_ext import _ops_attention as A
 
 op = torch.ops.autogaze_ext.rope_cache_write if _ops.HAS_EXTENSION else None
@@ -212,11 +212,6 @@ def test_fake_and_compile():
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
-def _poison_cuda_cache():
-    """Fill the caching allocator's free blocks with 0x7F bytes (3.4e38 as float) so unwritten outputs show."""
-    keep = [torch.full((n,), 0x7F, dtype=torch.uint8, device="cuda") for n in [1 << 26] + [1 << 19] * 32]
-    torch.cuda.synchronize()
-    del keep
 
 
 def _cuda(*ts):
@@ -237,7 +232,7 @@ def test_cuda_matches_cpu_and_torch(shape, where):
     inputs = make_inputs(7, B, n, H, KVH, d, L)
     st = torch.tensor([start])
     cpu, _ = run_both(*inputs, st, H, KVH)
-    _poison_cuda_cache()
+    poison_cuda_cache()
     got, ref = run_both(*_cuda(*inputs), st.cuda(), H, KVH)
     # same fp32 operations as torch's CUDA RoPE (cosf/sinf, no FMA contraction): bit-exact
     check_against_reference([t.cpu() for t in got], [t.cpu() for t in ref], inputs[3], inputs[4], start, n,

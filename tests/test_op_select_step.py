@@ -6,6 +6,8 @@ import time
 import pytest
 import torch
 
+from conftest import poison_cuda_cache
+
 from autogaze_ext import _ops, _ops_select
 
 op = torch.ops.autogaze_ext.select_step if _ops.HAS_EXTENSION else None
@@ -323,18 +325,12 @@ def test_op_checks_its_own_arguments(over, match):
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
-def _poison_cuda_cache():
-    """Leave the caching allocator's free blocks full of 0x7F bytes, so any chunk element the kernel forgets
-    to write shows up as 0x7F7F7F7F7F7F7F7F instead of a lucky zero."""
-    keep = [torch.full((n,), 0x7F, dtype=torch.uint8, device="cuda") for n in [1 << 26] + [1 << 19] * 32]
-    torch.cuda.synchronize()
-    del keep
 
 
 def _cuda_cpu_ref(state, what=""):
     """CUDA op vs CPU op vs reference on one state; the CUDA chunk comes from a poisoned allocator."""
     s_cuda, s_cpu, s_ref = clone(state, "cuda"), clone(state), clone(state)
-    _poison_cuda_cache()
+    poison_cuda_cache()
     got = call(op, s_cuda)
     cpu = call(op, s_cpu)
     ref = call(_ops_select.select_step_reference, s_ref)
