@@ -163,4 +163,4 @@ if HAS_EXTENSION:
 
 
 # The other ops live in their own modules; importing them registers their fake kernels.
-from . import _ops_attention, _ops_linear, _ops_patches, _ops_preprocess, _ops_select, _ops_vit  # noqa: E402,F401
+from . import _ops_attention, _ops_decoder, _ops_linear, _ops_patches, _ops_preprocess, _ops_select, _ops_vit  # noqa: E402,F401

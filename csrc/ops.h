@@ -41,6 +41,20 @@ VarlenMode check_varlen_attention_inputs(const at::Tensor& q, const at::Tensor& 
                                          const at::Tensor& cu_seqlens, const at::Tensor& cu_frames,
                                          std::string_view mode, int64_t num_prefix);
 
+// decoder_layers (defined in cpu/decoder_layers.cpp): the checks both backends share, and the layers as a chain
+// of the decoder ops on the tensors' device (the CPU kernel, and the CUDA op's path for shapes its persistent
+// kernel is not built for).
+void check_decoder_layers_inputs(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inv_freq,
+                                 const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& key_valid,
+                                 const at::Tensor& start, const at::Tensor& w_qkv, const at::Tensor& w_o,
+                                 const at::Tensor& w_gu, const at::Tensor& w_down, const at::Tensor& norm_attn,
+                                 const at::Tensor& norm_mlp, int64_t num_heads, int64_t num_kv_heads);
+at::Tensor decoder_layers_composed(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inv_freq,
+                                   at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& key_valid,
+                                   const at::Tensor& start, const at::Tensor& w_qkv, const at::Tensor& w_o,
+                                   const at::Tensor& w_gu, const at::Tensor& w_down, const at::Tensor& norm_attn,
+                                   const at::Tensor& norm_mlp, double eps, int64_t num_heads, int64_t num_kv_heads);
+
 // ------------------------------------------------------------------------------ multi-scale patches
 
 constexpr int64_t kMaxPatch = 64;  // patch side limit: the CUDA kernel keeps 2 * patch taps in shared memory

@@ -1,0 +1,116 @@
+"""decoder_layers: every layer of the gaze decoder over n new tokens per row, in one op.
+
+Python face of torch.ops.autogaze_ext.decoder_layers: argument checks, fake kernel, pure-PyTorch reference.
+On CUDA, decode steps at small batch (n <= 16 tokens per row, B * n <= 64) of the released decoder shape
+(hidden 192, head dim 32, intermediate 384) run as one persistent cooperative kernel: the layers are
+phases separated by grid-wide barriers, one launch instead of ~30. Everything else -- other shapes,
+prefills, large batches, where the separate kernels are faster -- and the CPU kernel chain the decoder ops
+(fused_linear, rope_cache_write, cache_attention), which is also what the reference does with their
+references.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from ._ops import HAS_EXTENSION, _check_int, _check_tensor, _use_compiled
+from ._ops_attention import (_check_cache_attention_args, _check_rope_cache_write_args, cache_attention_reference,
+                             rope_cache_write_reference)
+from ._ops_linear import fused_linear_reference
+
+
+def _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
+                               norm_attn, norm_mlp, eps, num_heads, num_kv_heads) -> None:
+    H = _check_int(num_heads, "num_heads", 1)
+    KVH = _check_int(num_kv_heads, "num_kv_heads", 1)
+    if H % KVH:
+        raise ValueError(f"num_heads ({H}) must be a multiple of num_kv_heads ({KVH})")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+    for name, t in [("x", x), ("w_qkv", w_qkv), ("w_o", w_o), ("w_gu", w_gu), ("w_down", w_down),
+                    ("norm_attn", norm_attn), ("norm_mlp", norm_mlp)]:
+        _check_tensor(t, name, torch.float32)
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x on {x.device}")
+    if x.dim() != 3:
+        raise ValueError(f"x must be (B, n, hidden), got shape {tuple(x.shape)}")
+    _check_tensor(k_cache, "k_cache", torch.float32)
+    if k_cache.dim() != 5:
+        raise ValueError(f"k_cache must be (layers, B, KVH, L, d), got shape {tuple(k_cache.shape)}")
+    layers, D, d = k_cache.shape[0], x.shape[2], k_cache.shape[4]
+    if layers < 1:
+        raise ValueError("k_cache must hold at least one layer")
+    want = {"w_qkv": (layers, (H + 2 * KVH) * d, D), "w_o": (layers, D, H * d), "norm_attn": (layers, D),
+            "norm_mlp": (layers, D)}
+    for name, t in [("w_qkv", w_qkv), ("w_o", w_o), ("norm_attn", norm_attn), ("norm_mlp", norm_mlp)]:
+        if tuple(t.shape) != want[name]:
+            raise ValueError(f"{name} must be {want[name]}, got shape {tuple(t.shape)}")
+    if w_gu.dim() != 3 or w_gu.shape[0] != layers or w_gu.shape[1] % 2 or w_gu.shape[2] != D:
+        raise ValueError(f"w_gu must be (layers, 2 * intermediate, hidden) = ({layers}, 2I, {D}), "
+                         f"got shape {tuple(w_gu.shape)}")
+    if tuple(w_down.shape) != (layers, D, w_gu.shape[1] // 2):
+        raise ValueError(f"w_down must be {(layers, D, w_gu.shape[1] // 2)}, got shape {tuple(w_down.shape)}")
+    _check_tensor(v_cache, "v_cache", torch.float32)
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must match k_cache {tuple(k_cache.shape)}")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("k_cache and v_cache must be contiguous (they are written in place)")
+    if k_cache.data_ptr() == v_cache.data_ptr():
+        raise ValueError("k_cache and v_cache must be different tensors")
+    # positions, inv_freq, key_valid, start and the per-layer cache shapes: the checks of the chained ops
+    B, n = x.shape[:2]
+    _check_rope_cache_write_args(x.new_empty(B, n, (H + 2 * KVH) * d), positions, inv_freq, k_cache[0], v_cache[0],
+                                 start, H, KVH)
+    _check_cache_attention_args(x.new_empty(B, H, n, d), k_cache[0], v_cache[0], key_valid, start)
+
+
+def decoder_layers_reference(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
+                             norm_attn, norm_mlp, eps, num_heads, num_kv_heads) -> torch.Tensor:
+    """Pure-PyTorch decoder_layers (no argument checks): the chain of the ops' references."""
+    B, n, D = x.shape
+    h = x.reshape(B * n, D)
+    for layer in range(k_cache.shape[0]):
+        kc, vc = k_cache[layer], v_cache[layer]
+        qkv = fused_linear_reference(h, w_qkv[layer], norm_attn[layer], eps, None, False)
+        q = rope_cache_write_reference(qkv.view(B, n, -1), positions, inv_freq, kc, vc, start, num_heads,
+                                       num_kv_heads)
+        o = cache_attention_reference(q, kc, vc, key_valid, start).transpose(1, 2).reshape(B * n, -1)
+        h = fused_linear_reference(o, w_o[layer], None, 0.0, h, False)
+        a = fused_linear_reference(h, w_gu[layer], norm_mlp[layer], eps, None, True)
+        h = fused_linear_reference(a, w_down[layer], None, 0.0, h, False)
+    return h.view(B, n, D)
+
+
+def decoder_layers(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, key_valid: torch.Tensor, start: torch.Tensor, w_qkv: torch.Tensor,
+                   w_o: torch.Tensor, w_gu: torch.Tensor, w_down: torch.Tensor, norm_attn: torch.Tensor,
+                   norm_mlp: torch.Tensor, eps: float, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+    """All decoder layers over n new tokens per row; returns the hidden states before the final norm.
+
+    x: (B, n, hidden) float32 token embeddings; positions: (B, n) int64 RoPE positions; inv_freq: (d/2,);
+    k_cache, v_cache: (layers, B, KVH, L, d) float32, contiguous, written in place at slots start..start+n-1
+    (start: 1-element int64 tensor on the device, never read on the host); key_valid: (B, L) bool. Weights
+    stacked per layer: w_qkv (layers, (H + 2*KVH) * d, hidden) = q | k | v projections, w_o (layers, hidden,
+    H * d), w_gu (layers, 2 * intermediate, hidden) = gate | up, w_down (layers, hidden, intermediate),
+    norm_attn / norm_mlp (layers, hidden) RMSNorm weights with eps. Per layer, as in the LLaMA decoder:
+    rmsnorm -> qkv -> RoPE -> attention over the cache (cache_attention's masking) -> o_proj + residual ->
+    rmsnorm -> SwiGLU MLP + residual. Returns (B, n, hidden) float32.
+    """
+    _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
+                               norm_attn, norm_mlp, eps, num_heads, num_kv_heads)
+    args = (x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down, norm_attn, norm_mlp,
+            float(eps), num_heads, num_kv_heads)
+    if _use_compiled(x):
+        return torch.ops.autogaze_ext.decoder_layers(*args)
+    return decoder_layers_reference(*args)
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("autogaze_ext::decoder_layers")
+    def _decoder_layers_fake(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
+                             norm_attn, norm_mlp, eps, num_heads, num_kv_heads):
+        return x.new_empty(x.shape)
