@@ -1,4 +1,5 @@
-"""A short fast-path decode for compute-sanitizer (memcheck): every compiled decoder op runs,
+"""A short fast-path decode for compute-sanitizer (memcheck): every compiled decoder op runs (decode steps at
+B=2 through the persistent decoder_layers kernel),
 eagerly and as CUDA graphs. Usage: compute-sanitizer --tool memcheck python3 benchmarks/sanitize_fast.py"""
 import torch
 

@@ -30,7 +30,7 @@ from .decoder import GazeDecoder, apply_rope, rope_cos_sin
 _NEG_INF = float("-inf")
 
 
-_OPS = ("fused_linear", "rope_cache_write", "cache_attention", "select_step")
+_OPS = ("fused_linear", "rope_cache_write", "cache_attention", "select_step", "decoder_layers")
 
 
 def custom_ops_available(device: torch.device) -> bool:
@@ -74,6 +74,13 @@ class FastGazeRunner:
                       for l in decoder.model.layers]
         self.w_gu = [torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight]) for l in decoder.model.layers]
         self.w_heads = torch.cat([decoder.lm_head.weight, decoder.task_loss_prediction_head.weight])
+        layers_ = decoder.model.layers
+        self.stacked = dict(  # the per-layer weights as decoder_layers takes them
+            w_qkv=torch.stack(self.w_qkv), w_o=torch.stack([l.self_attn.o_proj.weight for l in layers_]),
+            w_gu=torch.stack(self.w_gu), w_down=torch.stack([l.mlp.down_proj.weight for l in layers_]),
+            norm_attn=torch.stack([l.input_layernorm.weight for l in layers_]),
+            norm_mlp=torch.stack([l.post_attention_layernorm.weight for l in layers_]))
+        self.norm_eps = layers_[0].input_layernorm.eps
         # compiled decoder ops (fused_linear, rope_cache_write, cache_attention, select_step) when built
         self.use_ops = custom_ops_available(dev) if use_ops is None else use_ops
 
@@ -139,9 +146,20 @@ class FastGazeRunner:
             y = F.silu(g) * u
         return y if residual is None else residual + y
 
+    # Rows up to which one decoder_layers call runs all layers (on CUDA one persistent kernel for decode
+    # steps at small batch, the chained ops otherwise); above it the layers chain the ops here so that
+    # big projections can go to cuBLAS. 0 disables decoder_layers (benchmarks compare both).
+    LAYERS_OP_MAX_ROWS = 2048
+
     def _forward_ops(self, x, positions, start):
         ops = torch.ops.autogaze_ext
         B, n, D = x.shape
+        if B * n <= self.LAYERS_OP_MAX_ROWS:
+            st = self.stacked
+            h = ops.decoder_layers(x.contiguous(), positions.contiguous(), self.dec.inv_freq, self.kc, self.vc,
+                                   self.kvalid, start, st["w_qkv"], st["w_o"], st["w_gu"], st["w_down"],
+                                   st["norm_attn"], st["norm_mlp"], self.norm_eps, self.H, self.kvh)
+            return h[:, -1]
         H, kvh = self.H, self.kvh
         x2 = x.reshape(B * n, D)
         for i, layer in enumerate(self.dec.model.layers):
