@@ -117,6 +117,7 @@ class FastGazeRunner:
         self.parange = torch.arange(self.P, device=dev)
         self.farange = torch.arange(self.max_ids + K, device=dev)
 
+        self._side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         if use_graphs is None:
             use_graphs = dev.type == "cuda"
         self.graphs = None
@@ -236,6 +237,15 @@ class FastGazeRunner:
     def prefill(self) -> None:
         """Feed the pending chunk (holes masked) and frame t's vision tokens; start frame t."""
         B, K = self.B, self.K
+        # The frame-state resets do not touch what the layers read: on CUDA they run on a side stream, so
+        # in the captured graph they are a parallel branch instead of a dozen more dependent kernels.
+        side = self._side
+        if side is not None:
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._reset_frame_state()
+        else:
+            self._reset_frame_state()
         emb = self.dec.model.embed_tokens
         vis = self.vision.index_select(1, self.t).squeeze(1)
         x = torch.cat([emb(self.pend), vis], dim=1)
@@ -249,12 +259,17 @@ class FastGazeRunner:
         self.tail_pos.copy_(positions[:, -K:])  # stale positions of every in-frame step (spec §5.6)
         self.seq.add_(self.P)
         self.frame_start.copy_(self.seq)
-        # frame state
+        if side is not None:
+            torch.cuda.current_stream().wait_stream(side)
+
+    def _reset_frame_state(self) -> None:
+        """The per-frame decode state for frame t; in place only (no allocation), as it may run on a side
+        stream of a graph capture."""
         self.n.zero_()
-        self.cap.copy_(self.caps.index_select(0, self.t))
-        self.req.copy_(self.reqs.index_select(1, self.t).squeeze(1))
+        torch.index_select(self.caps, 0, self.t, out=self.cap)
+        torch.index_select(self.reqs, 1, self.t, out=self.req.view(-1, 1))
         self.banned.zero_()
-        self.banned[:, self.eos] = True
+        self.banned.select(1, self.eos).fill_(True)
         self.unfinished.fill_(True)
         self.first.fill_(True)
         self.active.fill_(True)
@@ -281,6 +296,13 @@ class FastGazeRunner:
         """Mask the frame's fed pads for later frames, keep its last chunk pending, store ids."""
         K, eos = self.K, self.eos
         n = self.n
+        side = self._side
+        if side is not None:  # storing the ids is independent of the rest: a parallel branch (see prefill)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._store_ids()
+        else:
+            self._store_ids()
         fed = K * torch.div((n - 1).clamp(min=0), K, rounding_mode="floor")
         window = self.farange
         ids_real = self.fids != eos
@@ -293,9 +315,14 @@ class FastGazeRunner:
         self.pend.copy_(self.fids.gather(1, (fed + self.karange).expand(self.B, K)))
         self.pend_len.copy_(n - fed)
         self.pend.masked_fill_(self.karange[None, :] >= self.pend_len, eos)
-        self.out_ids.index_copy_(1, self.t, self.fids[:, None])
-        self.out_n.index_copy_(0, self.t, n)
+        if side is not None:
+            torch.cuda.current_stream().wait_stream(side)
         self.t.add_(1)
+
+    def _store_ids(self) -> None:
+        """Frame t's ids and count into the clip outputs; in place only (may run on a side stream)."""
+        self.out_ids.index_copy_(1, self.t, self.fids[:, None])
+        self.out_n.index_copy_(0, self.t, self.n)
 
     def reset(self) -> None:
         self.kvalid.zero_()
