@@ -430,18 +430,18 @@ cudaError_t launch_decoder_layers(const DecoderLayersArgs& a, int num_sms, cudaS
   p.layer_cache = a.batch * a.num_kv_heads * a.cache_len * HD;
   p.row_tiles = static_cast<int>(ceil_div(M, RT));
 
-  // The attention pass's tiles live in the scratch region after the two weight buffers.
+  // The attention pass's tiles live in the scratch region after the weight buffer.
   const size_t attn_smem = attn::TiledLayout<HD, kQueryTile>::smem_bytes(plan.split);
   const size_t smem = std::max(kProjSmemBytes, sizeof(float) * kWFloats + attn_smem);
-  static const cudaError_t attr_err = [] {
-    const size_t most = std::max(kProjSmemBytes, sizeof(float) * kWFloats +
-                                                     attn::TiledLayout<HD, kQueryTile>::smem_bytes(attn::kMaxSplit));
-    return cudaFuncSetAttribute(decoder_layers_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(most));
-  }();
-  if (attr_err != cudaSuccess) return attr_err;
+  // Above 48 KB a kernel must opt in, per device: a host-side attribute, fine during graph capture. Always
+  // the largest size any call needs, so graphs captured earlier stay launchable.
+  const size_t most = std::max(kProjSmemBytes, sizeof(float) * kWFloats +
+                                                   attn::TiledLayout<HD, kQueryTile>::smem_bytes(attn::kMaxSplit));
+  cudaError_t err = cudaFuncSetAttribute(decoder_layers_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(most));
+  if (err != cudaSuccess) return err;
   int occ = 0;
-  cudaError_t err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, decoder_layers_kernel, kThreads, smem);
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, decoder_layers_kernel, kThreads, smem);
   if (err != cudaSuccess) return err;
   if (occ < 1) return cudaErrorCooperativeLaunchTooLarge;
   // One block per SM: every phase of a decode step has fewer units than SMs, and each extra block is one
