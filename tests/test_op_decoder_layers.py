@@ -97,6 +97,15 @@ def test_wrapper_checks_name_the_argument():
 
 
 @needs_ext
+def test_opcheck():
+    """Schema (in-place cache writes), fake kernel and dynamic-shape tracing agree with the CPU kernel."""
+    a = make_case(4, 2, 3, 16, 32, 2, 2, 8, 48, 2)
+    torch.library.opcheck(op, (a["x"], a["positions"], a["inv_freq"], a["k_cache"], a["v_cache"], a["key_valid"],
+                               torch.tensor([2]), a["w_qkv"], a["w_o"], a["w_gu"], a["w_down"], a["norm_attn"],
+                               a["norm_mlp"], 1e-5, 2, 2))
+
+
+@needs_ext
 def test_op_checks_shapes():
     a = make_case(3, 1, 3, 16, 32, 2, 2, 8, 48, 2)
     with pytest.raises(RuntimeError, match="w_down"):
