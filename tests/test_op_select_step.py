@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from conftest import poison_cuda_cache
+from conftest import cuda_us_per_call, poison_cuda_cache
 
 from autogaze_ext import _ops, _ops_select
 
@@ -449,18 +449,6 @@ def test_cuda_graph_frame(B, has_req):
         assert not bool(static["active"])
 
 
-def _time_us(fn, iters):
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    fn()
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) * 1e3 / iters
-
-
 @pytest.mark.cuda
 @cuda
 @needs_ext
@@ -472,25 +460,14 @@ def test_cuda_timing(B):
     s["unfinished"].fill_(True)
     per_graph = 20
 
-    def graphed(fn):
+    def graphed_us(fn, iters):
         st = clone(s, "cuda")
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            call(fn, st)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            for _ in range(per_graph):
-                call(fn, st)
-        return lambda: graph.replay()
+        return cuda_us_per_call(lambda: call(fn, st), reps=per_graph, iters=iters)
 
     eager_state = clone(s, "cuda")
-    eager = _time_us(lambda: call(op, eager_state), 200)
-    op_graph = graphed(op)
-    ref_graph = graphed(_ops_select.select_step_reference)
-    t_op = _time_us(op_graph, 50) / per_graph
-    t_ref = _time_us(ref_graph, 20) / per_graph
+    eager = cuda_us_per_call(lambda: call(op, eager_state), iters=200, graph=False)
+    t_op = graphed_us(op, 50)
+    t_ref = graphed_us(_ops_select.select_step_reference, 20)
     t0 = time.perf_counter()
     for _ in range(100):
         call(op, eager_state)
