@@ -67,21 +67,30 @@ def _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_val
     _check_cache_attention_args(x.new_empty(B, H, n, d), k_cache[0], v_cache[0], key_valid, start)
 
 
-def decoder_layers_reference(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
-                             norm_attn, norm_mlp, eps, num_heads, num_kv_heads) -> torch.Tensor:
-    """Pure-PyTorch decoder_layers (no argument checks): the chain of the ops' references."""
+def chain_layers(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down, norm_attn,
+                 norm_mlp, eps, num_heads, num_kv_heads, linear=fused_linear_reference,
+                 rope=rope_cache_write_reference, attention=cache_attention_reference) -> torch.Tensor:
+    """decoder_layers as a chain of three building blocks with the signatures of fused_linear, rope_cache_write
+    and cache_attention (no argument checks): their pure-PyTorch references by default, the compiled ops (or
+    any mix) when given."""
     B, n, D = x.shape
     h = x.reshape(B * n, D)
     for layer in range(k_cache.shape[0]):
         kc, vc = k_cache[layer], v_cache[layer]
-        qkv = fused_linear_reference(h, w_qkv[layer], norm_attn[layer], eps, None, False)
-        q = rope_cache_write_reference(qkv.view(B, n, -1), positions, inv_freq, kc, vc, start, num_heads,
-                                       num_kv_heads)
-        o = cache_attention_reference(q, kc, vc, key_valid, start).transpose(1, 2).reshape(B * n, -1)
-        h = fused_linear_reference(o, w_o[layer], None, 0.0, h, False)
-        a = fused_linear_reference(h, w_gu[layer], norm_mlp[layer], eps, None, True)
-        h = fused_linear_reference(a, w_down[layer], None, 0.0, h, False)
+        qkv = linear(h, w_qkv[layer], norm_attn[layer], eps, None, False)
+        q = rope(qkv.view(B, n, -1), positions, inv_freq, kc, vc, start, num_heads, num_kv_heads)
+        o = attention(q, kc, vc, key_valid, start).transpose(1, 2).reshape(B * n, -1)
+        h = linear(o, w_o[layer], None, 0.0, h, False)
+        a = linear(h, w_gu[layer], norm_mlp[layer], eps, None, True)
+        h = linear(a, w_down[layer], None, 0.0, h, False)
     return h.view(B, n, D)
+
+
+def decoder_layers_reference(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
+                             norm_attn, norm_mlp, eps, num_heads, num_kv_heads) -> torch.Tensor:
+    """Pure-PyTorch decoder_layers (no argument checks): the chain of the ops' references."""
+    return chain_layers(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
+                        norm_attn, norm_mlp, eps, num_heads, num_kv_heads)
 
 
 def decoder_layers(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, k_cache: torch.Tensor,

@@ -202,22 +202,9 @@ def test_cuda_timing(B, n, L, capsys):
     rest = (a["key_valid"], s, a["w_qkv"], a["w_o"], a["w_gu"], a["w_down"], a["norm_attn"], a["norm_mlp"], 1e-5,
             m["H"], m["KVH"])
     persistent = cuda_us_per_call(lambda: op(a["x"], a["positions"], a["inv_freq"], kc, vc, *rest))
-    chained = cuda_us_per_call(lambda: _chain(a, kc, vc, rest))
+    ops = torch.ops.autogaze_ext  # the layers as the chain of CUDA ops (what decoder_layers replaces)
+    chained = cuda_us_per_call(lambda: Dm.chain_layers(a["x"], a["positions"], a["inv_freq"], kc, vc, *rest,
+                                                       linear=ops.fused_linear, rope=ops.rope_cache_write,
+                                                       attention=ops.cache_attention))
     with capsys.disabled():
         print(f"\ndecoder_layers B={B} n={n} L={L}: persistent {persistent:.1f} us, chained ops {chained:.1f} us")
-
-
-def _chain(a, kc, vc, rest):
-    """The layers as the chain of CUDA ops (what decoder_layers replaces)."""
-    valid, s, wq, wo, wgu, wd, na, nm, eps, H, KVH = rest
-    ops = torch.ops.autogaze_ext
-    B, n, D = a["x"].shape
-    h = a["x"].reshape(B * n, D)
-    for layer in range(wq.shape[0]):
-        qkv = ops.fused_linear(h, wq[layer], na[layer], eps, None, False)
-        q = ops.rope_cache_write(qkv.view(B, n, -1), a["positions"], a["inv_freq"], kc[layer], vc[layer], s, H, KVH)
-        o = ops.cache_attention(q, kc[layer], vc[layer], valid, s).transpose(1, 2).reshape(B * n, -1)
-        h = ops.fused_linear(o, wo[layer], None, 0.0, h, False)
-        act = ops.fused_linear(h, wgu[layer], nm[layer], eps, None, True)
-        h = ops.fused_linear(act, wd[layer], None, 0.0, h, False)
-    return h

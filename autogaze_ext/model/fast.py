@@ -24,6 +24,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .._ops_decoder import chain_layers
+from .._ops_linear import fused_linear_reference
 from .._ops_select import select_step_reference
 from .decoder import GazeDecoder, apply_rope, rope_cos_sin
 
@@ -69,18 +71,18 @@ class FastGazeRunner:
         self.L = 256 * math.ceil((max_slots + self.max_ids) / 256)
         B, L, K = batch, self.L, self.K
         layers = cfg.num_layers
-        # fused projection weights (fewer, larger GEMMs)
-        self.w_qkv = [torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight, l.self_attn.v_proj.weight])
-                      for l in decoder.model.layers]
-        self.w_gu = [torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight]) for l in decoder.model.layers]
-        self.w_heads = torch.cat([decoder.lm_head.weight, decoder.task_loss_prediction_head.weight])
+        # per-layer weights stacked as decoder_layers takes them; q|k|v and gate|up fused (fewer, larger GEMMs)
         layers_ = decoder.model.layers
-        self.stacked = dict(  # the per-layer weights as decoder_layers takes them
-            w_qkv=torch.stack(self.w_qkv), w_o=torch.stack([l.self_attn.o_proj.weight for l in layers_]),
-            w_gu=torch.stack(self.w_gu), w_down=torch.stack([l.mlp.down_proj.weight for l in layers_]),
+        self.stacked = dict(
+            w_qkv=torch.stack([torch.cat([l.self_attn.q_proj.weight, l.self_attn.k_proj.weight,
+                                          l.self_attn.v_proj.weight]) for l in layers_]),
+            w_o=torch.stack([l.self_attn.o_proj.weight for l in layers_]),
+            w_gu=torch.stack([torch.cat([l.mlp.gate_proj.weight, l.mlp.up_proj.weight]) for l in layers_]),
+            w_down=torch.stack([l.mlp.down_proj.weight for l in layers_]),
             norm_attn=torch.stack([l.input_layernorm.weight for l in layers_]),
             norm_mlp=torch.stack([l.post_attention_layernorm.weight for l in layers_]))
         self.norm_eps = layers_[0].input_layernorm.eps
+        self.w_heads = torch.cat([decoder.lm_head.weight, decoder.task_loss_prediction_head.weight])
         # compiled decoder ops (fused_linear, rope_cache_write, cache_attention, select_step) when built
         self.use_ops = custom_ops_available(dev) if use_ops is None else use_ops
 
@@ -136,16 +138,11 @@ class FastGazeRunner:
     # takes 928 µs fused vs ~360 µs for F.linear plus the separate norm); decode steps stay fused.
     FUSED_LINEAR_MAX_ROWS = 2048
 
-    def _linear(self, x, weight, norm=None, residual=None, swiglu=False):
-        """(rmsnorm(x)) @ weight^T, then SwiGLU and/or + residual: one fused op for few rows."""
+    def _linear(self, x, weight, norm_weight, eps, residual, swiglu):
+        """fused_linear's signature: the fused op for few rows, cuBLAS (through its reference) for many."""
         if x.shape[0] <= self.FUSED_LINEAR_MAX_ROWS:
-            return torch.ops.autogaze_ext.fused_linear(x, weight, None if norm is None else norm.weight,
-                                                       0.0 if norm is None else norm.eps, residual, swiglu)
-        y = F.linear(x if norm is None else norm(x), weight)
-        if swiglu:
-            g, u = y.chunk(2, dim=-1)
-            y = F.silu(g) * u
-        return y if residual is None else residual + y
+            return torch.ops.autogaze_ext.fused_linear(x, weight, norm_weight, eps, residual, swiglu)
+        return fused_linear_reference(x, weight, norm_weight, eps, residual, swiglu)
 
     # Rows up to which one decoder_layers call runs all layers (on CUDA one persistent kernel for decode
     # steps at small batch, the chained ops otherwise); above it the layers chain the ops here so that
@@ -154,25 +151,16 @@ class FastGazeRunner:
 
     def _forward_ops(self, x, positions, start):
         ops = torch.ops.autogaze_ext
-        B, n, D = x.shape
+        B, n, _ = x.shape
+        st = self.stacked
+        args = (x.contiguous(), positions.contiguous(), self.dec.inv_freq, self.kc, self.vc, self.kvalid, start,
+                st["w_qkv"], st["w_o"], st["w_gu"], st["w_down"], st["norm_attn"], st["norm_mlp"], self.norm_eps,
+                self.H, self.kvh)
         if B * n <= self.LAYERS_OP_MAX_ROWS:
-            st = self.stacked
-            h = ops.decoder_layers(x.contiguous(), positions.contiguous(), self.dec.inv_freq, self.kc, self.vc,
-                                   self.kvalid, start, st["w_qkv"], st["w_o"], st["w_gu"], st["w_down"],
-                                   st["norm_attn"], st["norm_mlp"], self.norm_eps, self.H, self.kvh)
-            return h[:, -1]
-        H, kvh = self.H, self.kvh
-        x2 = x.reshape(B * n, D)
-        for i, layer in enumerate(self.dec.model.layers):
-            qkv = self._linear(x2, self.w_qkv[i], layer.input_layernorm)
-            q = ops.rope_cache_write(qkv.view(B, n, -1), positions, self.dec.inv_freq, self.kc[i], self.vc[i],
-                                     start, H, kvh)
-            o = ops.cache_attention(q, self.kc[i], self.vc[i], self.kvalid, start)
-            o = o.transpose(1, 2).reshape(B * n, H * self.d)
-            x2 = self._linear(o, layer.self_attn.o_proj.weight, residual=x2)
-            a = self._linear(x2, self.w_gu[i], layer.post_attention_layernorm, swiglu=True)
-            x2 = self._linear(a, layer.mlp.down_proj.weight, residual=x2)
-        return x2.view(B, n, D)[:, -1]
+            h = ops.decoder_layers(*args)
+        else:
+            h = chain_layers(*args, linear=self._linear, rope=ops.rope_cache_write, attention=ops.cache_attention)
+        return h[:, -1]
 
     def _heads(self, h: torch.Tensor):
         """Final norm + multi-token head + loss head: (B, D) -> logits (B, K, vocab), losses (B, K)."""
@@ -194,7 +182,7 @@ class FastGazeRunner:
         for i, layer in enumerate(self.dec.model.layers):
             a = layer.self_attn
             hn = layer.input_layernorm(x)
-            q, k, v = F.linear(hn, self.w_qkv[i]).split([H * d, kvh * d, kvh * d], dim=-1)
+            q, k, v = F.linear(hn, self.stacked["w_qkv"][i]).split([H * d, kvh * d, kvh * d], dim=-1)
             q = apply_rope(q.view(B, n, H, d).transpose(1, 2), cos, sin)
             k = apply_rope(k.view(B, n, kvh, d).transpose(1, 2), cos, sin)
             self.kc[i].index_copy_(2, slots, k)
@@ -205,7 +193,7 @@ class FastGazeRunner:
             o = self._attend(q, kk, vv, allowed)
             x = x + a.o_proj(o.transpose(1, 2).reshape(B, n, H * d))
             hn = layer.post_attention_layernorm(x)
-            g, u = F.linear(hn, self.w_gu[i]).chunk(2, dim=-1)
+            g, u = F.linear(hn, self.stacked["w_gu"][i]).chunk(2, dim=-1)
             x = x + layer.mlp.down_proj(F.silu(g) * u)
         return x[:, -1]
 
