@@ -22,6 +22,12 @@ from ._ops_attention import (_check_cache_attention_args, _check_rope_cache_writ
 from ._ops_linear import fused_linear_reference
 
 
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
                                norm_attn, norm_mlp, eps, num_heads, num_kv_heads) -> None:
     H = _check_int(num_heads, "num_heads", 1)
@@ -68,35 +74,43 @@ def _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_val
 
 
 def chain_layers(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down, norm_attn,
-                 norm_mlp, eps, num_heads, num_kv_heads, linear=fused_linear_reference,
+                 norm_mlp, eps, num_heads, num_kv_heads, last_only=False, linear=fused_linear_reference,
                  rope=rope_cache_write_reference, attention=cache_attention_reference) -> torch.Tensor:
     """decoder_layers as a chain of three building blocks with the signatures of fused_linear, rope_cache_write
     and cache_attention (no argument checks): their pure-PyTorch references by default, the compiled ops (or
     any mix) when given."""
     B, n, D = x.shape
     h = x.reshape(B * n, D)
-    for layer in range(k_cache.shape[0]):
+    rows = n  # tokens per row the layer's attention and MLP run for
+    layers = k_cache.shape[0]
+    for layer in range(layers):
         kc, vc = k_cache[layer], v_cache[layer]
         qkv = linear(h, w_qkv[layer], norm_attn[layer], eps, None, False)
         q = rope(qkv.view(B, n, -1), positions, inv_freq, kc, vc, start, num_heads, num_kv_heads)
-        o = attention(q, kc, vc, key_valid, start).transpose(1, 2).reshape(B * n, -1)
+        q_start = start
+        if last_only and layer == layers - 1 and n > 1:
+            # nothing reads the other tokens' outputs of the last layer: the last token alone, at slot start + n - 1
+            q, q_start, rows = q[:, :, n - 1:].contiguous(), start + (n - 1), 1
+            h = h.view(B, n, D)[:, n - 1].contiguous()
+        o = attention(q, kc, vc, key_valid, q_start).transpose(1, 2).reshape(B * rows, -1)
         h = linear(o, w_o[layer], None, 0.0, h, False)
         a = linear(h, w_gu[layer], norm_mlp[layer], eps, None, True)
         h = linear(a, w_down[layer], None, 0.0, h, False)
-    return h.view(B, n, D)
+    return h.view(B, rows, D)
 
 
 def decoder_layers_reference(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
-                             norm_attn, norm_mlp, eps, num_heads, num_kv_heads) -> torch.Tensor:
+                             norm_attn, norm_mlp, eps, num_heads, num_kv_heads, last_only=False) -> torch.Tensor:
     """Pure-PyTorch decoder_layers (no argument checks): the chain of the ops' references."""
     return chain_layers(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
-                        norm_attn, norm_mlp, eps, num_heads, num_kv_heads)
+                        norm_attn, norm_mlp, eps, num_heads, num_kv_heads, last_only)
 
 
 def decoder_layers(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor, k_cache: torch.Tensor,
                    v_cache: torch.Tensor, key_valid: torch.Tensor, start: torch.Tensor, w_qkv: torch.Tensor,
                    w_o: torch.Tensor, w_gu: torch.Tensor, w_down: torch.Tensor, norm_attn: torch.Tensor,
-                   norm_mlp: torch.Tensor, eps: float, num_heads: int, num_kv_heads: int) -> torch.Tensor:
+                   norm_mlp: torch.Tensor, eps: float, num_heads: int, num_kv_heads: int,
+                   last_only: bool = False) -> torch.Tensor:
     """All decoder layers over n new tokens per row; returns the hidden states before the final norm.
 
     x: (B, n, hidden) float32 token embeddings; positions: (B, n) int64 RoPE positions; inv_freq: (d/2,);
@@ -106,12 +120,14 @@ def decoder_layers(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Ten
     H * d), w_gu (layers, 2 * intermediate, hidden) = gate | up, w_down (layers, hidden, intermediate),
     norm_attn / norm_mlp (layers, hidden) RMSNorm weights with eps. Per layer, as in the LLaMA decoder:
     rmsnorm -> qkv -> RoPE -> attention over the cache (cache_attention's masking) -> o_proj + residual ->
-    rmsnorm -> SwiGLU MLP + residual. Returns (B, n, hidden) float32.
+    rmsnorm -> SwiGLU MLP + residual. Returns (B, n, hidden) float32; with last_only, (B, 1, hidden): each
+    row's last token only (what decoding reads), the last layer's attention and MLP then run for that token
+    alone while every token's k and v are still written.
     """
     _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
                                norm_attn, norm_mlp, eps, num_heads, num_kv_heads)
     args = (x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down, norm_attn, norm_mlp,
-            float(eps), num_heads, num_kv_heads)
+            float(eps), num_heads, num_kv_heads, _check_bool(last_only, "last_only"))
     if _use_compiled(x):
         return torch.ops.autogaze_ext.decoder_layers(*args)
     return decoder_layers_reference(*args)
@@ -121,5 +137,6 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::decoder_layers")
     def _decoder_layers_fake(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
-                             norm_attn, norm_mlp, eps, num_heads, num_kv_heads):
-        return x.new_empty(x.shape)
+                             norm_attn, norm_mlp, eps, num_heads, num_kv_heads, last_only=False):
+        B, n, D = x.shape
+        return x.new_empty((B, torch.sym_min(n, 1), D) if last_only else (B, n, D))

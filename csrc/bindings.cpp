@@ -28,13 +28,15 @@ TORCH_LIBRARY(autogaze_ext, m) {
   m.def("rope_cache_write(Tensor qkv, Tensor positions, Tensor inv_freq, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor start, int num_heads, int num_kv_heads) -> Tensor");
   // Softmax attention of queries at slots start+i over cached keys j <= start+i that are valid (or j == start+i).
   m.def("cache_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor key_valid, Tensor start) -> Tensor");
-  // One decode step's token choice on the device (spec §5.4): per-head argmax with bans, pads, task-loss
-  // stop, cap; updates the frame state in place and returns the chunk to feed back (B, K).
   // All layers of the decoder over n new tokens per row (x (B, n, hidden) -> hidden states (B, n, hidden) before
   // the final norm): per layer rmsnorm -> qkv -> RoPE, k/v into the caches (layers, B, KVH, L, d) at slots
   // start.. -> cache_attention -> o_proj + residual -> rmsnorm -> SwiGLU MLP + residual. Weights stacked per
   // layer: w_qkv (layers, (H+2KVH)d, hidden) = q|k|v, w_o, w_gu (layers, 2I, hidden) = gate|up, w_down.
-  m.def("decoder_layers(Tensor x, Tensor positions, Tensor inv_freq, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor key_valid, Tensor start, Tensor w_qkv, Tensor w_o, Tensor w_gu, Tensor w_down, Tensor norm_attn, Tensor norm_mlp, float eps, int num_heads, int num_kv_heads) -> Tensor");
+  // last_only: return only each row's last token (B, 1, hidden); the last layer then runs attention and MLP
+  // for that token alone (every token's k and v are still cached).
+  m.def("decoder_layers(Tensor x, Tensor positions, Tensor inv_freq, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor key_valid, Tensor start, Tensor w_qkv, Tensor w_o, Tensor w_gu, Tensor w_down, Tensor norm_attn, Tensor norm_mlp, float eps, int num_heads, int num_kv_heads, bool last_only=False) -> Tensor");
+  // One decode step's token choice on the device (spec §5.4): per-head argmax with bans, pads, task-loss
+  // stop, cap; updates the frame state in place and returns the chunk to feed back (B, K).
   m.def("select_step(Tensor logits, Tensor loss_pred, Tensor cap, Tensor req, Tensor has_req, Tensor(a!) banned, Tensor(b!) unfinished, Tensor(c!) fids, Tensor(d!) n, Tensor(e!) first, Tensor(f!) active) -> Tensor");
 
   // Sparse-token ViT attention (spec §6.4 item 5) on packed q, k, v (total, heads, head_dim), fp32/fp16/bf16,

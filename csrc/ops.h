@@ -49,11 +49,14 @@ void check_decoder_layers_inputs(const at::Tensor& x, const at::Tensor& position
                                  const at::Tensor& start, const at::Tensor& w_qkv, const at::Tensor& w_o,
                                  const at::Tensor& w_gu, const at::Tensor& w_down, const at::Tensor& norm_attn,
                                  const at::Tensor& norm_mlp, int64_t num_heads, int64_t num_kv_heads);
+// (B, n, hidden), or (B, 1, hidden) with last_only (n = 0 stays 0).
+std::vector<int64_t> decoder_layers_out_shape(const at::Tensor& x, bool last_only);
 at::Tensor decoder_layers_composed(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inv_freq,
                                    at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& key_valid,
                                    const at::Tensor& start, const at::Tensor& w_qkv, const at::Tensor& w_o,
                                    const at::Tensor& w_gu, const at::Tensor& w_down, const at::Tensor& norm_attn,
-                                   const at::Tensor& norm_mlp, double eps, int64_t num_heads, int64_t num_kv_heads);
+                                   const at::Tensor& norm_mlp, double eps, int64_t num_heads, int64_t num_kv_heads,
+                                   bool last_only);
 
 // ------------------------------------------------------------------------------ multi-scale patches
 

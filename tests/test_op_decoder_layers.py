@@ -29,19 +29,30 @@ def make_case(seed, B, n, L, D, H, KVH, d, inter, layers, valid_p=0.7, device="c
     return {k: v.to(device) for k, v in args.items()}
 
 
-def call(fn, a, start, H, KVH, eps=1e-5):
+def call(fn, a, start, H, KVH, eps=1e-5, last_only=False):
     """fn on copies of the caches -> (out, k_cache, v_cache)."""
     kc, vc = a["k_cache"].clone(), a["v_cache"].clone()
     out = fn(a["x"], a["positions"], a["inv_freq"], kc, vc, a["key_valid"], start, a["w_qkv"], a["w_o"], a["w_gu"],
-             a["w_down"], a["norm_attn"], a["norm_mlp"], eps, H, KVH)
+             a["w_down"], a["norm_attn"], a["norm_mlp"], eps, H, KVH, last_only)
     return out, kc, vc
 
 
 def reference64(a, start, H, KVH):
-    """The reference chain in float64 on the CPU: the oracle both backends are held to."""
+    """The reference chain in float64 on the CPU (every token): the oracle both backends are held to."""
     a64 = {k: (v.cpu().double() if v.is_floating_point() else v.cpu()) for k, v in a.items()}
     out, kc, vc = call(Dm.decoder_layers_reference, a64, start.cpu(), H, KVH)
     return out, kc, vc
+
+
+def check_last_only(fn, a, start, H, KVH, ro, rk, rv, tol):
+    """last_only=True gives each row's last token of the full oracle, (B, 1, hidden), and the same caches."""
+    if a["x"].is_cuda:
+        poison_cuda_cache()
+    out, kc, vc = call(fn, a, start, H, KVH, last_only=True)
+    assert out.shape == (ro.shape[0], 1, ro.shape[2])
+    assert_close(out, ro[:, -1:], tol)
+    assert_close(kc, rk, tol)
+    assert_close(vc, rv, tol)
 
 
 def assert_close(got, want, tol):
@@ -77,6 +88,19 @@ def test_cpu_matches_reference(case, start):
     slots = torch.arange(L)
     keep = (slots < start) | (slots >= start + n)
     assert torch.equal(kc[:, :, :, keep], a["k_cache"][:, :, :, keep])
+    check_last_only(op, a, s, H, KVH, ro, rk, rv, 1e-4)
+    check_last_only(Dm.decoder_layers_reference, a, s, H, KVH, ro, rk, rv, 1e-4)
+
+
+@needs_ext
+def test_last_only_of_empty_rows():
+    """n = 0 tokens: nothing to return in either mode, (B, 0, hidden)."""
+    a = make_case(6, 2, 3, 16, 32, 2, 2, 8, 48, 2)
+    a["x"], a["positions"] = a["x"][:, :0], a["positions"][:, :0]
+    for last_only in (False, True):
+        out, kc, _ = call(op, a, torch.tensor([0]), 2, 2, last_only=last_only)
+        assert out.shape == (2, 0, 32)
+        assert torch.equal(kc, a["k_cache"])
 
 
 @needs_ext
@@ -94,15 +118,18 @@ def test_wrapper_checks_name_the_argument():
         call(Dm.decoder_layers, a, torch.tensor([0, 1]), 2, 2)
     with pytest.raises(ValueError, match="key_valid"):
         call(Dm.decoder_layers, dict(a, key_valid=a["key_valid"][:, :3]), s, 2, 2)
+    with pytest.raises(TypeError, match="last_only"):
+        call(Dm.decoder_layers, a, s, 2, 2, last_only=1)
 
 
 @needs_ext
 def test_opcheck():
     """Schema (in-place cache writes), fake kernel and dynamic-shape tracing agree with the CPU kernel."""
     a = make_case(4, 2, 3, 16, 32, 2, 2, 8, 48, 2)
-    torch.library.opcheck(op, (a["x"], a["positions"], a["inv_freq"], a["k_cache"], a["v_cache"], a["key_valid"],
-                               torch.tensor([2]), a["w_qkv"], a["w_o"], a["w_gu"], a["w_down"], a["norm_attn"],
-                               a["norm_mlp"], 1e-5, 2, 2))
+    for last_only in (False, True):
+        torch.library.opcheck(op, (a["x"], a["positions"], a["inv_freq"], a["k_cache"], a["v_cache"],
+                                   a["key_valid"], torch.tensor([2]), a["w_qkv"], a["w_o"], a["w_gu"], a["w_down"],
+                                   a["norm_attn"], a["norm_mlp"], 1e-5, 2, 2, last_only))
 
 
 @needs_ext
@@ -151,6 +178,8 @@ def test_cuda_persistent_matches_reference(case, where):
     # the persistent kernel and the chain of the CUDA ops agree closely too
     cout, ckc, _ = call(Dm.decoder_layers_reference, a, s, m["H"], m["KVH"])
     assert (out - cout).abs().max().item() < 1e-4
+    # each row's last token alone (the persistent kernel's last_out rows; the chain's one-token last layer)
+    check_last_only(op, a, s, m["H"], m["KVH"], ro, rk, rv, 1e-4)
 
 
 @pytest.mark.cuda
@@ -161,9 +190,10 @@ def test_cuda_other_shapes_run_the_chain():
     a = make_case(5, 2, 5, 40, 64, 4, 2, 16, 96, 3, device="cuda")
     s = torch.tensor([3], device="cuda")
     out, kc, _ = call(op, a, s, 4, 2)
-    ro, rk, _ = reference64(a, s, 4, 2)
+    ro, rk, rv = reference64(a, s, 4, 2)
     assert_close(out, ro, 1e-4)
     assert_close(kc, rk, 1e-4)
+    check_last_only(op, a, s, 4, 2, ro, rk, rv, 1e-4)
 
 
 @pytest.mark.cuda
@@ -192,9 +222,10 @@ def test_cuda_graph_replays_with_new_start():
 @pytest.mark.cuda
 @cuda
 @needs_ext
-@pytest.mark.parametrize("B,n,L", [(1, 1, 512), (1, 10, 4096), (4, 10, 4096)])
+@pytest.mark.parametrize("B,n,L", [(1, 1, 512), (1, 10, 4096), (4, 10, 4096), (1, 206, 4096)])
 def test_cuda_timing(B, n, L, capsys):
-    """Prints µs per call (CUDA graph) of the persistent kernel and of the chained ops it replaces."""
+    """Prints µs per call (CUDA graph) of the op (the persistent kernel where it applies), of the op with
+    last_only, and of the chained ops the persistent kernel replaces."""
     m = MODEL
     a = make_case(9, B, n, L, m["D"], m["H"], m["KVH"], m["d"], m["inter"], m["layers"], device="cuda")
     s = torch.tensor([L // 2], device="cuda")
@@ -202,9 +233,11 @@ def test_cuda_timing(B, n, L, capsys):
     rest = (a["key_valid"], s, a["w_qkv"], a["w_o"], a["w_gu"], a["w_down"], a["norm_attn"], a["norm_mlp"], 1e-5,
             m["H"], m["KVH"])
     persistent = cuda_us_per_call(lambda: op(a["x"], a["positions"], a["inv_freq"], kc, vc, *rest))
+    last = cuda_us_per_call(lambda: op(a["x"], a["positions"], a["inv_freq"], kc, vc, *rest, True))
     ops = torch.ops.autogaze_ext  # the layers as the chain of CUDA ops (what decoder_layers replaces)
     chained = cuda_us_per_call(lambda: Dm.chain_layers(a["x"], a["positions"], a["inv_freq"], kc, vc, *rest,
                                                        linear=ops.fused_linear, rope=ops.rope_cache_write,
                                                        attention=ops.cache_attention))
     with capsys.disabled():
-        print(f"\ndecoder_layers B={B} n={n} L={L}: persistent {persistent:.1f} us, chained ops {chained:.1f} us")
+        print(f"\ndecoder_layers B={B} n={n} L={L}: op {persistent:.1f} us, op last_only {last:.1f} us, "
+              f"chained ops {chained:.1f} us")

@@ -148,6 +148,9 @@ class FastGazeRunner:
     # steps at small batch, the chained ops otherwise); above it the layers chain the ops here so that
     # big projections can go to cuBLAS. 0 disables decoder_layers (benchmarks compare both).
     LAYERS_OP_MAX_ROWS = 2048
+    # Only the last token's hidden state is read, so the last layer's attention and MLP run for it alone
+    # (decoder_layers' last_only); False runs them for every token (benchmarks compare both).
+    LAST_TOKEN_ONLY = True
 
     def _forward_ops(self, x, positions, start):
         ops = torch.ops.autogaze_ext
@@ -156,10 +159,12 @@ class FastGazeRunner:
         args = (x.contiguous(), positions.contiguous(), self.dec.inv_freq, self.kc, self.vc, self.kvalid, start,
                 st["w_qkv"], st["w_o"], st["w_gu"], st["w_down"], st["norm_attn"], st["norm_mlp"], self.norm_eps,
                 self.H, self.kvh)
+        last = self.LAST_TOKEN_ONLY
         if B * n <= self.LAYERS_OP_MAX_ROWS:
-            h = ops.decoder_layers(*args)
+            h = ops.decoder_layers(*args, last)
         else:
-            h = chain_layers(*args, linear=self._linear, rope=ops.rope_cache_write, attention=ops.cache_attention)
+            h = chain_layers(*args, last, linear=self._linear, rope=ops.rope_cache_write,
+                             attention=ops.cache_attention)
         return h[:, -1]
 
     def _heads(self, h: torch.Tensor):

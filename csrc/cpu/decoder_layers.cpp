@@ -3,10 +3,13 @@
 // the tensors' device. The composed path is the CPU kernel and the oracle of the CUDA kernel, and the
 // CUDA op runs it for shapes its persistent kernel is not built for.
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
+#include <vector>
 
 #include "ops.h"
 
@@ -78,11 +81,17 @@ void check_decoder_layers_inputs(const at::Tensor& x, const at::Tensor& position
   }
 }
 
+std::vector<int64_t> decoder_layers_out_shape(const at::Tensor& x, bool last_only) {
+  const int64_t n = x.size(1);
+  return {x.size(0), last_only ? std::min<int64_t>(n, 1) : n, x.size(2)};
+}
+
 at::Tensor decoder_layers_composed(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inv_freq,
                                    at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& key_valid,
                                    const at::Tensor& start, const at::Tensor& w_qkv, const at::Tensor& w_o,
                                    const at::Tensor& w_gu, const at::Tensor& w_down, const at::Tensor& norm_attn,
-                                   const at::Tensor& norm_mlp, double eps, int64_t num_heads, int64_t num_kv_heads) {
+                                   const at::Tensor& norm_mlp, double eps, int64_t num_heads, int64_t num_kv_heads,
+                                   bool last_only) {
   using Opt = std::optional<at::Tensor>;
   static auto linear = c10::Dispatcher::singleton()
                            .findSchemaOrThrow("autogaze_ext::fused_linear", "")
@@ -96,18 +105,28 @@ at::Tensor decoder_layers_composed(const at::Tensor& x, const at::Tensor& positi
                               .findSchemaOrThrow("autogaze_ext::cache_attention", "")
                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                 const at::Tensor&, const at::Tensor&)>();
-  const int64_t B = x.size(0), n = x.size(1), D = x.size(2);
+  const int64_t B = x.size(0), n = x.size(1), D = x.size(2), layers = k_cache.size(0);
   at::Tensor h = x.reshape({B * n, D}).contiguous();
-  for (int64_t l = 0; l < k_cache.size(0); ++l) {
+  int64_t rows = n;  // tokens per row the layer's attention and MLP run for
+  for (int64_t l = 0; l < layers; ++l) {
     at::Tensor kc = k_cache.select(0, l), vc = v_cache.select(0, l);  // contiguous views, written in place
     const at::Tensor qkv = linear.call(h, w_qkv[l].contiguous(), norm_attn[l].contiguous(), eps, std::nullopt, false);
-    const at::Tensor q = rope.call(qkv.view({B, n, -1}), positions, inv_freq, kc, vc, start, num_heads, num_kv_heads);
-    const at::Tensor o = attention.call(q, kc, vc, key_valid, start).transpose(1, 2).reshape({B * n, -1});
+    at::Tensor q = rope.call(qkv.view({B, n, -1}), positions, inv_freq, kc, vc, start, num_heads, num_kv_heads);
+    at::Tensor q_start = start;
+    if (last_only && l == layers - 1 && n > 1) {
+      // Nothing reads the other tokens' outputs of the last layer: attention and MLP for the last one only,
+      // its query at slot start + n - 1.
+      q = q.narrow(2, n - 1, 1).contiguous();
+      q_start = at::add(start, n - 1);
+      h = h.view({B, n, D}).select(1, n - 1).contiguous();
+      rows = 1;
+    }
+    const at::Tensor o = attention.call(q, kc, vc, key_valid, q_start).transpose(1, 2).reshape({B * rows, -1});
     h = linear.call(o, w_o[l].contiguous(), std::nullopt, 0.0, h, false);
     const at::Tensor a = linear.call(h, w_gu[l].contiguous(), norm_mlp[l].contiguous(), eps, std::nullopt, true);
     h = linear.call(a, w_down[l].contiguous(), std::nullopt, 0.0, h, false);
   }
-  return h.view({B, n, D});
+  return h.view({B, rows, D});
 }
 
 namespace {
@@ -116,13 +135,14 @@ at::Tensor decoder_layers_cpu(const at::Tensor& x, const at::Tensor& positions, 
                               at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& key_valid,
                               const at::Tensor& start, const at::Tensor& w_qkv, const at::Tensor& w_o,
                               const at::Tensor& w_gu, const at::Tensor& w_down, const at::Tensor& norm_attn,
-                              const at::Tensor& norm_mlp, double eps, int64_t num_heads, int64_t num_kv_heads) {
+                              const at::Tensor& norm_mlp, double eps, int64_t num_heads, int64_t num_kv_heads,
+                              bool last_only) {
   check_decoder_layers_inputs(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
                               norm_attn, norm_mlp, num_heads, num_kv_heads);
   TORCH_CHECK(x.device().is_cpu(), "decoder_layers_cpu expects CPU tensors");
-  if (x.numel() == 0) return at::empty(x.sizes(), x.options());
+  if (x.numel() == 0) return at::empty(decoder_layers_out_shape(x, last_only), x.options());
   return decoder_layers_composed(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
-                                 norm_attn, norm_mlp, eps, num_heads, num_kv_heads);
+                                 norm_attn, norm_mlp, eps, num_heads, num_kv_heads, last_only);
 }
 
 }  // namespace

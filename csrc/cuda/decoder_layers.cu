@@ -361,11 +361,19 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_layers_kernel(Params p) {
         return rv;
       };
     };
+    // The last layer's down projection with last_out set stores only each row's last token (into last_out).
+    bool last_rows_only = false;
     auto add_residual = [&](int m0, int slice, const float(&acc)[kRowsPerWarp][1], const auto& rv) {
 #pragma unroll
       for (int r = 0; r < kRowsPerWarp; ++r) {
         const int m = m0 + warp + r * kWarps;
-        if (m < M) a.out[m * D + slice * CS + lane] = rv.v[r] + acc[r][0];
+        if (m >= M) continue;
+        const float y = rv.v[r] + acc[r][0];
+        if (!last_rows_only) {
+          a.out[m * D + slice * CS + lane] = y;
+        } else if (m % n == n - 1) {
+          a.last_out[(m / n) * D + slice * CS + lane] = y;
+        }
       }
     };
 
@@ -395,6 +403,7 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_layers_kernel(Params p) {
     grid.sync();
 
     // 6. h = h + act @ w_down^T
+    last_rows_only = a.last_out != nullptr && l + 1 == a.layers;
     proj_phase<I, 1>(
         smem, p, kDown, l, [&](int m, int k) { return p.act + m * I + k; }, nullptr, load_residual(a.out),
         add_residual);
@@ -408,7 +417,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int64_t decoder_layers_workspace_floats(int64_t batch, int64_t n, int64_t num_heads, int64_t cache_len, int num_sms) {
   const CacheAttentionPlan plan = plan_cache_attention(batch, num_heads, n, cache_len, HD, true, num_sms);
-  return batch * n * (2 * D + I) + plan.workspace_floats;
+  return batch * n * (3 * D + I) + plan.workspace_floats;
 }
 
 cudaError_t launch_decoder_layers(const DecoderLayersArgs& a, int num_sms, cudaStream_t stream) {
@@ -425,7 +434,8 @@ cudaError_t launch_decoder_layers(const DecoderLayersArgs& a, int num_sms, cudaS
   p.q = a.workspace;
   p.o = p.q + M * D;
   p.act = p.o + M * D;
-  p.att = attn::make_params(plan, p.q, a.k_cache, a.v_cache, a.key_valid, a.start, p.o, p.act + M * I, a.batch,
+  if (a.last_out != nullptr) p.a.out = p.act + M * I;  // the residual stream stays internal
+  p.att = attn::make_params(plan, p.q, a.k_cache, a.v_cache, a.key_valid, a.start, p.o, p.act + M * I + M * D, a.batch,
                             a.num_heads, a.num_kv_heads, a.n, a.cache_len, HD);
   p.layer_cache = a.batch * a.num_kv_heads * a.cache_len * HD;
   p.row_tiles = static_cast<int>(ceil_div(M, RT));

@@ -31,7 +31,9 @@ struct DecoderLayersArgs {
   const float* norm_attn;    // (layers, hidden)
   const float* norm_mlp;     // (layers, hidden)
   float eps;
-  float* out;                // (M, hidden): hidden states after the last layer (before the final norm)
+  float* out;                // (M, hidden): hidden states after the last layer (before the final norm); unused
+                             // (the residual stream lives in the workspace) when last_out is set
+  float* last_out;           // null, or (batch, hidden): only each row's last token after the last layer
   float* workspace;          // decoder_layers_workspace_floats(...) floats
   int64_t batch, n, layers, cache_len;
   int64_t num_heads, num_kv_heads;

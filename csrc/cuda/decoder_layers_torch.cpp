@@ -23,12 +23,13 @@ at::Tensor decoder_layers_cuda(const at::Tensor& x_in, const at::Tensor& positio
                                at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& key_valid_in,
                                const at::Tensor& start, const at::Tensor& w_qkv_in, const at::Tensor& w_o_in,
                                const at::Tensor& w_gu_in, const at::Tensor& w_down_in, const at::Tensor& norm_attn_in,
-                               const at::Tensor& norm_mlp_in, double eps, int64_t num_heads, int64_t num_kv_heads) {
+                               const at::Tensor& norm_mlp_in, double eps, int64_t num_heads, int64_t num_kv_heads,
+                               bool last_only) {
   check_decoder_layers_inputs(x_in, positions_in, inv_freq, k_cache, v_cache, key_valid_in, start, w_qkv_in, w_o_in,
                               w_gu_in, w_down_in, norm_attn_in, norm_mlp_in, num_heads, num_kv_heads);
   TORCH_CHECK(x_in.is_cuda(), "decoder_layers_cuda expects CUDA tensors");
   const c10::cuda::CUDAGuard guard(x_in.device());
-  if (x_in.numel() == 0) return at::empty(x_in.sizes(), x_in.options());
+  if (x_in.numel() == 0) return at::empty(decoder_layers_out_shape(x_in, last_only), x_in.options());
   const at::Tensor x = x_in.contiguous(), positions = positions_in.contiguous(), key_valid = key_valid_in.contiguous();
   const at::Tensor w_qkv = w_qkv_in.contiguous(), w_o = w_o_in.contiguous(), w_gu = w_gu_in.contiguous();
   const at::Tensor w_down = w_down_in.contiguous(), norm_attn = norm_attn_in.contiguous();
@@ -41,10 +42,10 @@ at::Tensor decoder_layers_cuda(const at::Tensor& x_in, const at::Tensor& positio
                        aligned16(w_o) && aligned16(w_gu) && aligned16(w_down);
   if (!built_for || !aligned) {
     return decoder_layers_composed(x, positions, freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
-                                   norm_attn, norm_mlp, eps, num_heads, num_kv_heads);
+                                   norm_attn, norm_mlp, eps, num_heads, num_kv_heads, last_only);
   }
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  at::Tensor out = at::empty({B, n, D}, x.options());
+  at::Tensor out = at::empty(decoder_layers_out_shape(x, last_only), x.options());
   at::Tensor workspace = at::empty({decoder_layers_workspace_floats(B, n, num_heads, L, sms)}, x.options());
   DecoderLayersArgs a;
   a.x = x.const_data_ptr<float>();
@@ -61,7 +62,8 @@ at::Tensor decoder_layers_cuda(const at::Tensor& x_in, const at::Tensor& positio
   a.norm_attn = norm_attn.const_data_ptr<float>();
   a.norm_mlp = norm_mlp.const_data_ptr<float>();
   a.eps = static_cast<float>(eps);
-  a.out = out.data_ptr<float>();
+  a.out = last_only ? nullptr : out.data_ptr<float>();
+  a.last_out = last_only ? out.data_ptr<float>() : nullptr;
   a.workspace = workspace.data_ptr<float>();
   a.batch = B, a.n = n, a.layers = k_cache.size(0), a.cache_len = L;
   a.num_heads = num_heads, a.num_kv_heads = num_kv_heads;
