@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import card_name, median, peak_mib, save_json, time_ms  # noqa: E402
+from common import card_name, graph_ms, median, peak_mib, save_json, time_ms  # noqa: E402
 from vit_layouts import fixture_gaze, kept_per_frame, real_counts  # noqa: E402
 
 from autogaze_ext._ops_vit import (MODES, _has_cuda_kernel, _torch_varlen, token_key_ranges,  # noqa: E402
@@ -98,7 +98,9 @@ def main() -> None:
                 run = lambda: varlen_attention(q, k, v, cu_seqlens, cu_frames, mode, validate=False)  # noqa: E731
                 ours = median(time_ms(run, warmup=3, reps=args.reps))
                 case = dict(layout=name, B=B, tokens=total, mode=mode, ours_ms=ours, ours_tflops=flops / ours / 1e9,
-                            ours_peak_mib=peak_mib(run))
+                            ours_peak_mib=peak_mib(run), ours_gpu_ms=graph_ms(run))
+                if case["ours_gpu_ms"]:
+                    case["ours_gpu_tflops"] = flops / case["ours_gpu_ms"] / 1e9
                 if dev.type == "cuda" and backend == "compiled CUDA kernel":  # the wrapper's torch path too
                     tp = lambda: varlen_attention(q, k, v, cu_seqlens, cu_frames, mode, validate=False,  # noqa: E731
                                                   backend="torch")
@@ -109,10 +111,12 @@ def main() -> None:
                     tv = lambda: _torch_varlen()(q, k, v, cu, cu, lens, lens,  # noqa: E731
                                                  window_size=(-1, 0) if mode == "causal" else (-1, -1))
                     case["torch_varlen_ms"] = median(time_ms(tv, warmup=3, reps=args.reps))
+                    case["torch_varlen_gpu_ms"] = graph_ms(tv)
                 if mode == "block_causal":
                     qp, kp, vp, mask = padded_dense(q, k, v, counts, mode)
                     dense = lambda: F.scaled_dot_product_attention(qp, kp, vp, attn_mask=mask)  # noqa: E731
                     case["dense_sdpa_ms"] = median(time_ms(dense, warmup=3, reps=args.reps))
+                    case["dense_sdpa_gpu_ms"] = graph_ms(dense)
                     case["dense_sdpa_peak_mib"] = peak_mib(dense)
                     case["dense_mask_mib"] = mask.numel() * mask.element_size() / 2**20
                     del qp, kp, vp, mask
@@ -120,16 +124,23 @@ def main() -> None:
                 results["cases"].append(case)
 
     nan = float("nan")
+    val = lambda c, k: c.get(k) or nan  # noqa: E731 - None (not capturable / not measured) prints as nan
     print(f"\n{'layout':22} {'B':>3} {'tokens':>7} {'mode':18} {'ours ms':>9} {'TFLOP/s':>8} {'torch path':>10} "
-          f"{'torch varlen':>12} {'dense SDPA':>11} {'speedup':>8}")
+          f"{'torch varlen':>12} {'dense SDPA':>11} {'speedup':>8} | {'GPU: ours':>9} {'TFLOP/s':>8} "
+          f"{'varlen':>8} {'SDPA':>8} {'speedup':>8}")
     for c in rows:
         other = c.get("dense_sdpa_ms", c.get("torch_varlen_ms", nan))
+        other_gpu = val(c, "dense_sdpa_gpu_ms") if c["mode"] == "block_causal" else val(c, "torch_varlen_gpu_ms")
         print(f"{c['layout']:22} {c['B']:3d} {c['tokens']:7d} {c['mode']:18} {c['ours_ms']:9.3f} "
               f"{c['ours_tflops']:8.2f} {c.get('torch_path_ms', nan):10.3f} {c.get('torch_varlen_ms', nan):12.3f} "
-              f"{c.get('dense_sdpa_ms', nan):11.3f} {other / c['ours_ms']:7.2f}x")
-    print("torch path: varlen_attention(backend='torch') (torch's varlen FlashAttention, block_causal through "
-          "overlapping key ranges); torch varlen: torch's call where the mode maps onto it directly; speedup: vs "
-          "dense SDPA in block_causal, vs torch varlen elsewhere (nan: not measured)")
+              f"{c.get('dense_sdpa_ms', nan):11.3f} {other / c['ours_ms']:7.2f}x | {val(c, 'ours_gpu_ms'):9.4f} "
+              f"{val(c, 'ours_gpu_tflops'):8.2f} {val(c, 'torch_varlen_gpu_ms'):8.4f} "
+              f"{val(c, 'dense_sdpa_gpu_ms'):8.4f} "
+              f"{other_gpu / val(c, 'ours_gpu_ms'):7.2f}x")
+    print("per call: one call timed alone (host dispatch and checks included); GPU: 20 calls replayed from a CUDA "
+          "graph (kernel time only). torch path: varlen_attention(backend='torch') (torch's varlen FlashAttention, "
+          "block_causal through overlapping key ranges); torch varlen: torch's call where the mode maps onto it "
+          "directly; speedup: vs dense SDPA in block_causal, vs torch varlen elsewhere (nan: not measured)")
     save_json("bench_attention.json", results)
 
 

@@ -50,6 +50,27 @@ def time_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 20) -> list[f
     return out
 
 
+def graph_ms(fn: Callable[[], object], calls: int = 20, reps: int = 10) -> float | None:
+    """GPU time per call in ms: `calls` calls captured in one CUDA graph, replayed `reps` times, median
+    per replay / calls. No host overhead (dispatch, argument checks), so kernels of tens of microseconds
+    compare fairly. None without a GPU or when fn cannot be captured."""
+    if not torch.cuda.is_available():
+        return None
+    try:
+        fn()  # warm-up outside the graph (lazy init, workspaces)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(calls):
+                fn()
+        g.replay()
+    except RuntimeError as e:  # capture refused (a host sync inside fn, an uncapturable library call)
+        print(f"  (not capturable in a CUDA graph: {str(e).splitlines()[0][:100]})")
+        torch.cuda.synchronize()
+        return None
+    return median(time_ms(g.replay, warmup=1, reps=reps)) / calls
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 
