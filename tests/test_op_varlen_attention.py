@@ -386,8 +386,9 @@ def run_poisoned(q, k, v, cs, cf, mode, scale, num_prefix):
     return op(q, k, v, cs, cf, mode, scale, num_prefix)
 
 
-# Layouts around the kernel's 64-row / 64-key tiles: tiles straddling frames and videos, frames of zero
-# tokens, a video of one token, segments of exactly 64 and of 63 / 65 tokens, a lone token at the end.
+# Layouts around the kernel's 64-row / 64-key tiles: tiles straddling frames (and, where segments average
+# under half a tile -- the third layout's frames in frame_independent -- videos), frames of zero tokens, a
+# video of one token, segments of exactly 64 and of 63 / 65 tokens, a lone token at the end.
 TILE_LAYOUTS = [
     [[49] * 16, [49] * 16],
     [[30, 0, 70, 1], [1], [0, 65, 63, 0], [64, 64], [5, 200, 3]],
@@ -426,6 +427,23 @@ def test_cuda_kernel_long(d):
         for num_prefix in (0, 5):
             out = run_poisoned(q, k, v, cs.cuda(), cf.cuda(), mode, d ** -0.5, num_prefix)
             check_elementwise(out, q, k, v, cs, cf, mode, d ** -0.5, num_prefix)
+
+
+@pytest.mark.cuda
+@cuda
+def test_cuda_kernel_many_segments():
+    # query tiles aligned to segments (videos; frames in frame_independent) are found by a block-wide scan over
+    # 128 segments per round: 140 videos of 2 frames each take 2 rounds (3 for the frames), with segments
+    # shorter than, equal to and longer than a 64-row tile and empty frames
+    _cuda_kernel_ready()
+    g = torch.Generator().manual_seed(41)
+    lens = [[33 + (7 * i) % 61, (11 * i) % 50] for i in range(140)]
+    cs, cf, owner = layout(lens)
+    q, k, v = (t.cuda() for t in qkv(g, len(owner), 2, 64, torch.bfloat16))
+    for mode in MODES:
+        for num_prefix in (0, 2):
+            out = run_poisoned(q, k, v, cs.cuda(), cf.cuda(), mode, 0.125, num_prefix)
+            check_elementwise(out, q, k, v, cs, cf, mode, 0.125, num_prefix)
 
 
 @pytest.mark.cuda

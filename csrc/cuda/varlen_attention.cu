@@ -1,10 +1,11 @@
 // varlen_attention on the GPU: FlashAttention-style attention over packed gazed tokens.
 //
 // Visibility (see cpu/varlen_attention.cpp): query i of video [s, e) sees keys [lo_i, hi_i) of its mode and
-// the prefix keys [s, pend_i). Every block takes 64 consecutive query rows of one head (a tile may straddle
-// frames or videos: per-row ranges keep it exact) and walks only the key tiles in the union of its rows'
-// ranges, so tiles above the frame diagonal (block_causal), the causal diagonal or outside a frame
-// (frame_independent) are never loaded. Online softmax (running max and sum per row, base-2 exponentials)
+// the prefix keys [s, pend_i). Every block takes up to 64 consecutive query rows of one head -- of one video
+// (of one frame in frame_independent) where those average half a tile or more, else of the packed tokens; a
+// tile may straddle frames or videos, per-row ranges keep it exact -- and walks only the key tiles in the
+// union of its rows' ranges, so tiles above the frame diagonal (block_causal), the causal diagonal or outside
+// a frame (frame_independent) are never loaded. Online softmax (running max and sum per row, base-2 exponentials)
 // keeps one pass over the keys.
 //
 // fp16/bf16 with an even head_dim <= 128: tensor cores (mma.sync m16n8k16, fp32 accumulation), 4 warps of
@@ -20,6 +21,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <climits>
 #include <cmath>
 #include <cstdint>
@@ -43,6 +45,7 @@ struct Params {
   int nv1, nf1;  // entries of the offset arrays
   int total, heads, d, mode, num_prefix;
   float scale_log2;  // scale * log2(e): scores go straight into exp2
+  bool segment_tiles;  // query tiles aligned to segments (see segment_tile)
 };
 
 // Keys j with lo <= j < hi or s <= j < pend are visible; all four lie in [0, total].
@@ -299,7 +302,7 @@ __device__ __forceinline__ void p_fragment(uint32_t (&a)[4], const float (&s)[kK
 // Normalises and stores this thread's outputs: rows row_g and row_g + 8, columns 8 dt + 2 tig + {0, 1} < d.
 template <typename T, int DP>
 __device__ __forceinline__ void store_rows(const Params& p, const float (&o)[DP / 8][4], const float (&l)[2],
-                                           int row_g, int tig, int hoff) {
+                                           int row_g, int row_end, int tig, int hoff) {
   T* out = static_cast<T*>(p.out);
   const int stride = p.heads * p.d;
 #pragma unroll
@@ -308,7 +311,7 @@ __device__ __forceinline__ void store_rows(const Params& p, const float (&o)[DP 
     sum += __shfl_xor_sync(0xffffffffu, sum, 1);
     sum += __shfl_xor_sync(0xffffffffu, sum, 2);
     const int row = row_g + half * 8;
-    if (row >= p.total) continue;
+    if (row >= row_end) continue;
     const float inv = 1.f / sum;  // >= 1 term: every row sees itself
 #pragma unroll
     for (int dt = 0; dt < DP / 8; ++dt) {
@@ -322,6 +325,68 @@ __device__ __forceinline__ void store_rows(const Params& p, const float (&o)[DP 
 }
 
 // ------------------------------------------------------------- 16-byte rows: cp.async pipeline and ldmatrix
+
+// Query tile x: rows [row0, row_end). With segment_tiles, tiles never straddle a segment (a video; a frame in
+// frame_independent, where a frame sees only itself), since a tile spanning two segments walks the union of
+// their key ranges: segment s has ceil(len_s / 64) tiles, numbered in segment order, and the block finds tile
+// x with a block-wide scan over the segments' tile counts (kMmaThreads segments per round). Otherwise (many
+// segments shorter than a tile, whose union is cheaper than mostly empty tiles) tile x is rows 64x.. of the
+// packed tokens. Returns false when x is past the last tile (the grid is sized for the worst case, see
+// tile_grid); block-uniform.
+__device__ bool segment_tile(const Params& p, int x, int& row0, int& row_end) {
+  if (!p.segment_tiles) {
+    row0 = x * kRows;
+    row_end = p.total;
+    return row0 < p.total;
+  }
+  __shared__ int warp_sums[kWarps];
+  __shared__ int found[2];
+  const int32_t* cu = p.mode == 3 ? p.cu_frames : p.cu_seqlens;
+  const int nseg = (p.mode == 3 ? p.nf1 : p.nv1) - 1;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (threadIdx.x == 0) found[0] = found[1] = -1;
+  int base = 0;  // tiles of the segments before this round
+  for (int s0 = 0; s0 < nseg; s0 += kMmaThreads) {
+    const int s = s0 + static_cast<int>(threadIdx.x);
+    const int lo = s < nseg ? clamp_total(__ldg(cu + s), p.total) : 0;
+    const int hi = s < nseg ? clamp_total(__ldg(cu + s + 1), p.total) : 0;
+    const int tiles = hi > lo ? (hi - lo + kRows - 1) / kRows : 0;
+    int incl = tiles;  // inclusive scan: within the warp, then over the warp totals
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int y = __shfl_up_sync(0xffffffffu, incl, o);
+      if (lane >= o) incl += y;
+    }
+    __syncthreads();  // the previous round's warp_sums have been read (and found[] initialised)
+    if (lane == 31) warp_sums[warp] = incl;
+    __syncthreads();
+    int round = 0;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      if (w < warp) incl += warp_sums[w];
+      round += warp_sums[w];
+    }
+    const int first = base + incl - tiles;
+    if (x >= first && x < first + tiles) {  // exactly one thread over all rounds
+      found[0] = lo + (x - first) * kRows;
+      found[1] = hi;
+    }
+    base += round;
+  }
+  __syncthreads();
+  row0 = found[0];
+  row_end = found[1];
+  return row0 >= 0;
+}
+
+// Blocks along x for segment_tile: with segment tiles, sum over segments of ceil(len / 64) <= total / 64 +
+// segments, and <= total.
+inline unsigned tile_grid(const Params& p) {
+  const int64_t tiles = (static_cast<int64_t>(p.total) + kRows - 1) / kRows;
+  if (!p.segment_tiles) return static_cast<unsigned>(tiles);
+  const int64_t segments = (p.mode == 3 ? p.nf1 : p.nv1) - 1;
+  return static_cast<unsigned>(std::min<int64_t>(tiles + segments, p.total));
+}
 
 // Four 8x8 b16 matrices; lane 8i + r gives the address of row r of matrix i, and register i receives, in
 // lane 4g + t, row g, columns 2t and 2t + 1 of matrix i (of its transpose with .trans).
@@ -386,8 +451,11 @@ __global__ void __launch_bounds__(kMmaThreads, DP <= 80 ? 3 : 2) varlen_attentio
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int g = lane >> 2, tig = lane & 3;
-  // last row tiles first: in the causal-like modes they see the most keys, so the short ones fill the tail
-  const int row0 = (gridDim.x - 1 - blockIdx.x) * kRows, h = blockIdx.y;
+  // last tiles first: in the causal-like modes a video's last tiles see the most keys, so short ones fill the
+  // tail
+  int row0, row_end;
+  if (!segment_tile(p, static_cast<int>(gridDim.x - 1 - blockIdx.x), row0, row_end)) return;  // block-uniform
+  const int h = blockIdx.y;
   const int stride = p.heads * p.d, hoff = h * p.d, chunks = p.d / 8;
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
@@ -395,14 +463,14 @@ __global__ void __launch_bounds__(kMmaThreads, DP <= 80 ? 3 : 2) varlen_attentio
   const uint32_t smem0 = smem_u32(smem);
   const uint32_t q_tile = smem0 + 2 * kTileBytes;  // stage 1's K tile
 
-  load_tile_async<T, DP>(q_tile, q, row0, p.total, stride, hoff, chunks);
+  load_tile_async<T, DP>(q_tile, q, row0, row_end, stride, hoff, chunks);
   cp_async_commit();
 
   // visibility: lanes 0-15 of each warp take its 16 rows; unions over the warp's and the block's valid rows
   int w_bounds[4];
   {
     const int row = row0 + warp * 16 + lane;
-    const bool valid = lane < 16 && row < p.total;
+    const bool valid = lane < 16 && row < row_end;
     RowRange r{0, 0, 0, 0};  // rows past the end see nothing
     if (valid) r = row_range(p, row);
     if (lane < 16) ranges[warp * 16 + lane] = r;
@@ -526,7 +594,7 @@ __global__ void __launch_bounds__(kMmaThreads, DP <= 80 ? 3 : 2) varlen_attentio
     __syncthreads();  // every warp is done with stage t & 1: iteration t + 1 refills it
   }
 
-  store_rows<T, DP>(p, o, l, row0 + warp * 16 + g, tig, hoff);
+  store_rows<T, DP>(p, o, l, row0 + warp * 16 + g, row_end, tig, hoff);
 }
 
 // ------------------------------------------------------------------ 4-byte rows: 32-bit loads, no pipeline
@@ -650,16 +718,17 @@ __global__ void __launch_bounds__(kMmaThreads) varlen_attention_mma_ldg(Params p
     }
   }
 
-  store_rows<T, DP>(p, o, l, row0 + warp * 16 + g, tig, hoff);
+  store_rows<T, DP>(p, o, l, row0 + warp * 16 + g, p.total, tig, hoff);
 }
 
 template <typename T, int DP>
 cudaError_t launch_mma(const Params& p, bool vec16, cudaStream_t stream) {
-  const dim3 grid((p.total + kRows - 1) / kRows, p.heads);
   if (!vec16) {
+    const dim3 grid((p.total + kRows - 1) / kRows, p.heads);
     varlen_attention_mma_ldg<T, DP><<<grid, kMmaThreads, 0, stream>>>(p);
     return cudaGetLastError();
   }
+  const dim3 grid(tile_grid(p), p.heads);
   constexpr int smem = mma_smem_bytes<T, DP>();
   if constexpr (smem > 48 * 1024) {  // above the default limit: opt in (per launch, as it is per device)
     const cudaError_t err =
@@ -700,7 +769,10 @@ cudaError_t launch_varlen_attention(const void* q, const void* k, const void* v,
   }
   Params p{q, k, v, out, cu_seqlens, cu_frames, static_cast<int>(num_videos + 1), static_cast<int>(num_frames + 1),
            static_cast<int>(total), static_cast<int>(heads), static_cast<int>(head_dim), mode,
-           static_cast<int>(num_prefix < total ? num_prefix : total), scale * kLog2e};
+           static_cast<int>(num_prefix < total ? num_prefix : total), scale * kLog2e, false};
+  // Segment-aligned query tiles once segments average half a tile or more (below that, tiles spanning a few
+  // whole segments waste less than tiles of one mostly empty segment)
+  p.segment_tiles = total >= static_cast<int64_t>(kRows / 2) * (mode == 3 ? num_frames : num_videos);
   int device = 0, major = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device);
