@@ -235,7 +235,8 @@ def test_cuda_decoder_sizes(M, K, N, swiglu, norm, res):
 @cuda
 @needs_ext
 @pytest.mark.parametrize("norm,res,swiglu", list(itertools.product([False, True], repeat=3)))
-@pytest.mark.parametrize("M", [10, 640, 2060])  # the small, medium and large tile shapes
+# the skinny kernel, then the small, narrow (2), medium and large tiles at K=192, N=576/768
+@pytest.mark.parametrize("M", [10, 37, 206, 640, 2060, 9000])
 def test_cuda_flags(M, norm, res, swiglu):
     _cuda_ready()
     _cuda_case(M, M, 192, 768 if swiglu else 576, swiglu, norm, res)

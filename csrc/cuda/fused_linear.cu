@@ -37,6 +37,8 @@ struct Tile {
 
 // M <= a few dozen: tiny tiles for many blocks; 4 stages of 64 put all of K = 192 in flight at once.
 using SmallTile = Tile<16, 16, 1, 2, 64, 4, 4>;   // 128 threads, 35 KB smem
+// M in the hundreds (prefills at B=1, decode steps at B=64): 2x4 micro-tiles, half the rows of MediumTile
+using NarrowTile = Tile<16, 64, 2, 4, 32, 4, 4>;  // 128 threads, 46 KB smem
 using MediumTile = Tile<32, 64, 4, 4, 32, 3, 3>;  // 128 threads, 41 KB smem, 4x4 micro-tiles
 // 8x8 micro-tiles, ~250 registers: 2 blocks (8 warps) per SM. A tighter register cap spills (ptxas hoists
 // all shared loads of the unrolled tile).
@@ -189,12 +191,17 @@ cudaError_t dispatch(const float* x, const float* w, const float* nw, float eps,
   if (K % 4 != 0 || !aligned(x) || !aligned(w))  // rows not 16-byte aligned: 4-byte copies, correctness only
     return launch<SmallTile, P, 1>(x, w, nw, eps, res, out, M, K, n_out, stream);
   const auto blocks = [&](int bm, int bno) { return ((M + bm - 1) / bm) * ((n_out + bno - 1) / bno); };
-  // Biggest tile that still gives every SM work: 8x8 micro-tiles once there are >= 2 blocks per SM,
-  // 4x4 once there is >= 1, else the 16x16 tile (decode steps, M ~ 10) for as many blocks as possible.
-  if (blocks(LargeTile::BM, LargeTile::BNW / P) >= 2 * static_cast<int64_t>(num_sms))
+  // Biggest tile that still gives every SM work: 8x8 micro-tiles, then 4x4, once there are >= 2 blocks
+  // per SM; 2x4 from 3/4 of a block per SM; else the 16x16 tile for as many blocks as possible. Measured
+  // on an H100 (K = 192/384, N = 192..768): M = 206 and 640 are fastest with the 2x4 tile where it gives
+  // that many blocks, the 16x16 tile below (M = 206, N = 192), and the 4x4 tile at M = 2060.
+  const int64_t sms = num_sms;
+  if (blocks(LargeTile::BM, LargeTile::BNW / P) >= 2 * sms)
     return launch<LargeTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
-  if (blocks(MediumTile::BM, MediumTile::BNW / P) >= num_sms)
+  if (blocks(MediumTile::BM, MediumTile::BNW / P) >= 2 * sms)
     return launch<MediumTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
+  if (4 * blocks(NarrowTile::BM, NarrowTile::BNW / P) >= 3 * sms)
+    return launch<NarrowTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
   return launch<SmallTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
 }
 
