@@ -72,12 +72,13 @@ struct Params {
   int row_tiles;
 };
 
-// The four projections of a layer. For phase P: K inputs, NP weight slices of CS rows per unit (gate and up
-// for the MLP), slices per row tile, shared-memory weight buffer P % 2.
+// The four projections of a layer. Per phase: NP weight slices of CS rows per unit (gate and up for the MLP,
+// the up rows part_stride rows below the gate rows), slices per row tile, the layer's weight matrix; the
+// input width K is a template argument of the phase's code.
 enum Proj { kQkv = 0, kO = 1, kGateUp = 2, kDown = 3 };
 
 struct ProjShape {
-  int K, NP, slices, part_stride;
+  int NP, slices, part_stride;
   const float* w;  // this layer's weight matrix
 };
 
@@ -87,11 +88,11 @@ __device__ __forceinline__ ProjShape proj_shape(const Params& p, int phase, int 
   switch (phase) {
     case kQkv: {
       const int slices = static_cast<int>(a.num_heads + 2 * a.num_kv_heads);
-      return {D, 1, slices, 0, a.w_qkv + l * slices * HD * D};
+      return {1, slices, 0, a.w_qkv + l * slices * HD * D};
     }
-    case kO: return {D, 1, D / CS, 0, a.w_o + l * D * D};
-    case kGateUp: return {D, 2, I / CS, I, a.w_gu + l * 2 * I * D};
-    default: return {I, 1, D / CS, 0, a.w_down + l * D * I};
+    case kO: return {1, D / CS, 0, a.w_o + l * D * D};
+    case kGateUp: return {2, I / CS, I, a.w_gu + l * 2 * I * D};
+    default: return {1, D / CS, 0, a.w_down + l * D * I};
   }
 }
 
@@ -144,7 +145,7 @@ __device__ __forceinline__ void normalise_rows(float* xs, const float (&nwr)[K /
   for (int j = 0; j < K / 8; ++j) ss = fmaf(row[part + 8 * j], row[part + 8 * j], ss);
 #pragma unroll
   for (int off = 4; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-  const float inv = 1.0f / sqrtf(ss / static_cast<float>(K) + eps);
+  const float inv = inv_rms(ss, K, eps);
 #pragma unroll
   for (int j = 0; j < K / 8; ++j) row[part + 8 * j] = rms_apply(row[part + 8 * j], inv, nwr[j]);
 }

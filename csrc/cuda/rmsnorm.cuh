@@ -4,6 +4,11 @@
 
 namespace autogaze_ext {
 
+// Inverse RMS from the sum of squares ss of a row of K floats.
+__device__ __forceinline__ float inv_rms(float ss, int K, float eps) {
+  return 1.0f / sqrtf(ss / static_cast<float>(K) + eps);
+}
+
 // Inverse RMS of one row of K floats (global or shared memory), computed by one warp; every lane gets
 // the same value. Lane l sums k = l, l + 32, ... with FMAs, then a butterfly over the lanes.
 __device__ __forceinline__ float warp_inv_rms(const float* row, int K, float eps, int lane) {
@@ -14,7 +19,7 @@ __device__ __forceinline__ float warp_inv_rms(const float* row, int K, float eps
   }
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-  return 1.0f / sqrtf(ss / static_cast<float>(K) + eps);
+  return inv_rms(ss, K, eps);
 }
 
 // One normalised element, in HF's order of operations.
