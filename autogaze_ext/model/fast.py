@@ -149,7 +149,7 @@ class FastGazeRunner:
     # big projections can go to cuBLAS. 0 disables decoder_layers (benchmarks compare both).
     LAYERS_OP_MAX_ROWS = 2048
     # Only the last token's hidden state is read, so the last layer's attention and MLP run for it alone
-    # (decoder_layers' last_only); False runs them for every token (benchmarks compare both).
+    # (decoder_layers' last_only); False runs them for every token, for A/B timing.
     LAST_TOKEN_ONLY = True
 
     def _forward_ops(self, x, positions, start):
