@@ -54,6 +54,12 @@ def _check_tensor(x, name: str, dtype: torch.dtype) -> None:
         raise TypeError(f"{name} must have dtype {dtype}, got {x.dtype}")
 
 
+def _check_bool(x, name: str) -> bool:
+    if not isinstance(x, bool):
+        raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
+    return x
+
+
 def _check_int(x, name: str, minimum: int) -> int:
     if isinstance(x, bool):
         raise TypeError(f"{name} must be an int, got bool")

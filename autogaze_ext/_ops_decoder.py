@@ -16,16 +16,10 @@ import numbers
 
 import torch
 
-from ._ops import HAS_EXTENSION, _check_int, _check_tensor, _use_compiled
+from ._ops import HAS_EXTENSION, _check_bool, _check_int, _check_tensor, _use_compiled
 from ._ops_attention import (_check_cache_attention_args, _check_rope_cache_write_args, cache_attention_reference,
                              rope_cache_write_reference)
 from ._ops_linear import fused_linear_reference
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 def _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,

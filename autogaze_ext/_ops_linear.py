@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _ops
-from ._ops import _check_tensor, _use_compiled
+from ._ops import _check_bool, _check_tensor, _use_compiled
 
 MAX_K = 1024  # kFusedLinearMaxK in csrc/cuda/fused_linear.h
 
@@ -35,8 +35,7 @@ def _check_fused_linear_args(x, weight, norm_weight, eps, residual, swiglu) -> i
     """Checks the wrapper's arguments; returns the number of output columns."""
     _check_tensor(x, "x", torch.float32)
     _check_tensor(weight, "weight", torch.float32)
-    if not isinstance(swiglu, bool):
-        raise TypeError(f"swiglu must be a bool, got {type(swiglu).__name__}")
+    _check_bool(swiglu, "swiglu")
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps must be a float, got {type(eps).__name__}")
     if not math.isfinite(eps) or eps < 0:

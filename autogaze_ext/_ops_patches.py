@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _ops
-from ._ops import MAX_SCALES, _check_gaze_ids, _check_int, _check_tensor, _use_compiled
+from ._ops import MAX_SCALES, _check_bool, _check_gaze_ids, _check_int, _check_tensor, _use_compiled
 
 NATIVE_SCALES = (32, 64, 112, 224)
 NATIVE_PATCH = 16
@@ -237,8 +237,7 @@ def gather_patches(frames: torch.Tensor, gazing_pos: torch.Tensor, if_padded: to
     """
     scales, patch, weight = _check_gather_args(frames, gazing_pos, if_padded, scales, patch, weight, bias,
                                                pos_table)
-    if not isinstance(packed, bool):
-        raise TypeError(f"packed must be a bool, got {type(packed).__name__}")
+    _check_bool(packed, "packed")
     B, T = frames.shape[:2]
     V = sum(g * g for g in patch_grids(scales, patch))
     eager = gazing_pos.device.type != "meta" and not torch.compiler.is_compiling()
