@@ -230,15 +230,7 @@ class FastGazeRunner:
     def prefill(self) -> None:
         """Feed the pending chunk (holes masked) and frame t's vision tokens; start frame t."""
         B, K = self.B, self.K
-        # The frame-state resets do not touch what the layers read: on CUDA they run on a side stream, so
-        # in the captured graph they are a parallel branch instead of a dozen more dependent kernels.
-        side = self._side
-        if side is not None:
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._reset_frame_state()
-        else:
-            self._reset_frame_state()
+        self._fork(self._reset_frame_state)  # touches nothing the layers read
         emb = self.dec.model.embed_tokens
         vis = self.vision.index_select(1, self.t).squeeze(1)
         x = torch.cat([emb(self.pend), vis], dim=1)
@@ -252,12 +244,25 @@ class FastGazeRunner:
         self.tail_pos.copy_(positions[:, -K:])  # stale positions of every in-frame step (spec §5.6)
         self.seq.add_(self.P)
         self.frame_start.copy_(self.seq)
-        if side is not None:
-            torch.cuda.current_stream().wait_stream(side)
+        self._join()
+
+    def _fork(self, fn) -> None:
+        """fn on the side stream after the work queued so far, so that in a captured graph it is a parallel
+        branch instead of more dependent kernels (inline without a side stream); _join() waits for it. fn
+        works in place only (no allocation on the side stream)."""
+        if self._side is None:
+            fn()
+            return
+        self._side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._side):
+            fn()
+
+    def _join(self) -> None:
+        if self._side is not None:
+            torch.cuda.current_stream().wait_stream(self._side)
 
     def _reset_frame_state(self) -> None:
-        """The per-frame decode state for frame t; in place only (no allocation), as it may run on a side
-        stream of a graph capture."""
+        """The per-frame decode state for frame t (run by _fork: in place only)."""
         self.n.zero_()
         torch.index_select(self.caps, 0, self.t, out=self.cap)
         torch.index_select(self.reqs, 1, self.t, out=self.req.view(-1, 1))
@@ -289,13 +294,7 @@ class FastGazeRunner:
         """Mask the frame's fed pads for later frames, keep its last chunk pending, store ids."""
         K, eos = self.K, self.eos
         n = self.n
-        side = self._side
-        if side is not None:  # storing the ids is independent of the rest: a parallel branch (see prefill)
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                self._store_ids()
-        else:
-            self._store_ids()
+        self._fork(self._store_ids)  # independent of the rest
         fed = K * torch.div((n - 1).clamp(min=0), K, rounding_mode="floor")
         window = self.farange
         ids_real = self.fids != eos
@@ -308,12 +307,11 @@ class FastGazeRunner:
         self.pend.copy_(self.fids.gather(1, (fed + self.karange).expand(self.B, K)))
         self.pend_len.copy_(n - fed)
         self.pend.masked_fill_(self.karange[None, :] >= self.pend_len, eos)
-        if side is not None:
-            torch.cuda.current_stream().wait_stream(side)
+        self._join()
         self.t.add_(1)
 
     def _store_ids(self) -> None:
-        """Frame t's ids and count into the clip outputs; in place only (may run on a side stream)."""
+        """Frame t's ids and count into the clip outputs (run by _fork: in place only)."""
         self.out_ids.index_copy_(1, self.t, self.fids[:, None])
         self.out_n.index_copy_(0, self.t, self.n)
 
