@@ -209,7 +209,7 @@ def _cuda_check(q, k, v, valid, start, tol=1e-5):
     return out
 
 
-GPU_CASES = [  # B, H, KVH, n, L, d: tiled (d 32/64, q tiles of 16 and 32), split and direct, generic (other d)
+GPU_CASES = [  # B, H, KVH, n, L, d: tiled (d 32/64, q tiles of 16 and 64), split and direct, generic (other d)
     (1, 6, 6, 1, 256, 32),
     (1, 6, 6, 10, 4096, 32),
     (2, 6, 2, 10, 1024, 32),
@@ -223,6 +223,13 @@ GPU_CASES = [  # B, H, KVH, n, L, d: tiled (d 32/64, q tiles of 16 and 32), spli
     (2, 3, 3, 10, 200, 7),  # odd d: the (m, l) workspace pairs must stay 8-byte aligned
     (128, 6, 6, 10, 256, 32),  # one split covers the cache: direct output, no combine
     (64, 6, 6, 206, 256, 32),
+    (1, 6, 6, 64, 300, 32),  # a cache that is not a whole number of 64-key chunks
+    (4, 6, 6, 1, 2048, 32),  # one query: a 16-query tile with three idle warps
+    # 64-query tiles (batches whose tiles fill an H100 twice over): exactly one tile; a second tile with one
+    # query (three idle warps); d = 64 over several tiles and splits
+    (44, 6, 6, 64, 300, 32),
+    (48, 6, 2, 65, 1024, 32),
+    (24, 6, 6, 130, 1024, 64),
 ]
 
 

@@ -6,7 +6,11 @@
 // chunks (cp.async, two stages, so the next chunk loads while this one is computed), keeps an online
 // softmax (running max m, sum l, unnormalised acc) per query, and writes (m, l, acc) of its split to a
 // workspace; a second kernel combines the splits of each query. When one split covers the whole cache
-// the blocks write the normalised output directly and the combine is skipped.
+// the blocks write the normalised output directly and the combine is skipped. Decode steps (n <= 16) run
+// 16-query tiles and small prefills 32-query tiles (cache_attention_tile.cuh); prefills whose 64-query
+// tiles alone fill the GPU twice over run those, with a layout that keeps more of the issue slots on FMAs
+// (cache_attention_wide.cuh: 1.15x at B=64, 206 queries; slower than 32-query tiles on small grids, where
+// latency, not issue, bounds a call).
 //
 // `start` is read on the device (CUDA graphs replay with new values), so the grid covers every split
 // of the cache and the blocks decide for themselves: a block whose first key lies beyond the last slot
@@ -22,6 +26,7 @@
 
 #include "cuda/cache_attention.h"
 #include "cuda/cache_attention_tile.cuh"
+#include "cuda/cache_attention_wide.cuh"
 
 namespace autogaze_ext {
 namespace {
@@ -32,6 +37,13 @@ template <int D, int QT>
 __global__ void __launch_bounds__(kThreads) attn_tiled_kernel(Params p) {
   extern __shared__ float4 smem4[];
   attn_tile<D, QT>(p, blockIdx.x, blockIdx.y, blockIdx.z, reinterpret_cast<float*>(smem4));
+}
+
+// 4 blocks per SM for d = 32 (128 registers, 46 KB of shared memory each).
+template <int D>
+__global__ void __launch_bounds__(kThreads, D == 32 ? 4 : 3) attn_wide_kernel(Params p) {
+  extern __shared__ float4 smem4[];
+  attn_tile_wide<D>(p, blockIdx.x, blockIdx.y, blockIdx.z, reinterpret_cast<float*>(smem4));
 }
 
 template <int D>
@@ -146,17 +158,31 @@ __global__ void __launch_bounds__(kThreads) attn_combine_generic_kernel(Params p
   }
 }
 
-template <int D, int QT>
-cudaError_t launch_tiled(const Params& p, dim3 grid, cudaStream_t stream) {
-  const size_t smem = TiledLayout<D, QT>::smem_bytes(p.split);
+// Above the default 48 KB a kernel must opt in; a host-side attribute, fine during graph capture. Always the
+// size the largest split needs, so graphs captured earlier stay launchable.
+template <class Kernel>
+cudaError_t launch_with_smem(Kernel kernel, size_t smem, size_t most, const Params& p, dim3 grid, cudaStream_t stream) {
   if (smem > 48 * 1024) {
-    // Above the default 48 KB a kernel must opt in; a host-side attribute, fine during graph capture.
-    const cudaError_t err = cudaFuncSetAttribute(attn_tiled_kernel<D, QT>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 static_cast<int>(TiledLayout<D, QT>::smem_bytes(kMaxSplit)));
+    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most));
     if (err != cudaSuccess) return err;
   }
-  attn_tiled_kernel<D, QT><<<grid, kThreads, smem, stream>>>(p);
+  kernel<<<grid, kThreads, smem, stream>>>(p);
   return cudaGetLastError();
+}
+
+template <int D, int QT>
+cudaError_t launch_narrow(const Params& p, dim3 grid, cudaStream_t stream) {
+  using Lay = TiledLayout<D, QT>;
+  return launch_with_smem(attn_tiled_kernel<D, QT>, Lay::smem_bytes(p.split), Lay::smem_bytes(kMaxSplit), p, grid,
+                          stream);
+}
+
+template <int D>
+cudaError_t launch_tiled(const Params& p, int q_tile, dim3 grid, cudaStream_t stream) {
+  if (q_tile == 16) return launch_narrow<D, 16>(p, grid, stream);
+  if (q_tile == 32) return launch_narrow<D, 32>(p, grid, stream);
+  using Lay = WideLayout<D>;
+  return launch_with_smem(attn_wide_kernel<D>, Lay::smem_bytes(p.split), Lay::smem_bytes(kMaxSplit), p, grid, stream);
 }
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -167,7 +193,9 @@ CacheAttentionPlan plan_cache_attention(int64_t batch, int64_t num_heads, int64_
                                         int64_t head_dim, bool aligned, int num_sms) {
   CacheAttentionPlan plan;
   plan.tiled = (head_dim == 32 || head_dim == 64) && aligned;
-  plan.q_tile = plan.tiled ? (n <= 16 ? 16 : 32) : 1;
+  constexpr int kWide = WideLayout<32>::QT;
+  const bool wide = batch * num_heads * ceil_div(n, kWide) >= 2 * static_cast<int64_t>(std::max(num_sms, 1));
+  plan.q_tile = !plan.tiled ? 1 : n <= 16 ? 16 : wide ? kWide : 32;
   // Blocks per key split; the live fraction of the cache is a device value, so size the splits for a
   // full cache: the largest split (fewer partials, less combine work) that still gives ~4 blocks per SM.
   const int64_t per_split = batch * num_heads * ceil_div(n, plan.q_tile);
@@ -194,11 +222,7 @@ cudaError_t launch_cache_attention(const CacheAttentionPlan& plan, const float* 
   cudaError_t err;
   if (plan.tiled) {
     const dim3 grid(bhs, static_cast<unsigned>(ceil_div(n, plan.q_tile)), splits);
-    if (head_dim == 32) {
-      err = plan.q_tile == 16 ? launch_tiled<32, 16>(p, grid, stream) : launch_tiled<32, 32>(p, grid, stream);
-    } else {
-      err = plan.q_tile == 16 ? launch_tiled<64, 16>(p, grid, stream) : launch_tiled<64, 32>(p, grid, stream);
-    }
+    err = head_dim == 32 ? launch_tiled<32>(p, plan.q_tile, grid, stream) : launch_tiled<64>(p, plan.q_tile, grid, stream);
   } else {
     attn_generic_kernel<<<dim3(bhs, static_cast<unsigned>(n), splits), kThreads, 0, stream>>>(p);
     err = cudaGetLastError();

@@ -11,7 +11,7 @@ namespace autogaze_ext {
 struct CacheAttentionPlan {
   int64_t split = 0;       // keys per split (a multiple of 64, at most 2048)
   int64_t num_splits = 0;  // ceil(L / split); 1: the blocks write the output directly, no workspace
-  int q_tile = 0;          // queries per block in the tiled kernels (16 or 32); 1 for the generic kernel
+  int q_tile = 0;          // queries per block in the tiled kernels (16, 32 or 64); 1 for the generic kernel
   bool tiled = false;      // d in {32, 64} and 16-byte aligned q/k/v/out: the shared-memory tiled kernel
   int64_t workspace_floats = 0;  // partial results, about B*H*n*num_splits*(d+2); 0 when num_splits == 1
 };

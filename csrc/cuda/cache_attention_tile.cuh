@@ -97,7 +97,10 @@ struct TiledLayout {
 // Thread (qg, kg), qg = row group 0..7, kg = key group 0..15; the 16 lanes of a half-warp share qg.
 // Scores: rows qg*TQ + a, keys kg + 16*m of the chunk. p @ v: the same rows, columns kg*CW .. +CW, so
 // the per-row softmax state (m, l, the rescale factor) is the thread's own, replicated across its half-warp.
-template <int D, int QT>
+// SkipIdle: warps with no query of the tile skip the arithmetic (decode steps have 10 queries, 1 in the
+// last layer's call, in a 16-query tile); off in the persistent decoder_layers kernel, whose phases run on
+// a cold instruction cache, where the extra code measured slower than the idle warps' work.
+template <int D, int QT, bool SkipIdle = true>
 __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_id, float* smem) {
   using Lay = TiledLayout<D, QT>;
   constexpr int TQ = Lay::TQ, TK = Lay::TK, CW = Lay::CW, KS = Lay::KStride, PS = Lay::PStride;
@@ -120,6 +123,8 @@ __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_
   const int64_t kstop = min(kbeg + p.split - 1, kend);
   const int nkeys = kstop >= kbeg ? static_cast<int>(kstop - kbeg + 1) : 0;
   const int nchunks = (nkeys + kChunk - 1) / kChunk;
+  // Warp-uniform: some query of this warp's two row groups exists (else it keeps the copies and barriers only).
+  const bool busy = !SkipIdle || (tid >> 5) * 2 * TQ < nq;
 
   const int hk = h / (p.H / p.KVH);
   const int64_t kv_off = (static_cast<int64_t>(b) * p.KVH + hk) * p.L * D;
@@ -176,71 +181,73 @@ __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_
     const float* Kst = Ks + stage * kChunk * KS;
     const float* Vst = Vs + stage * kChunk * D;
 
-    // scores s[a][m] = q[row a] . k[key m]
-    float s[TQ][TK];
+    if (busy) {
+      // scores s[a][m] = q[row a] . k[key m]
+      float s[TQ][TK];
 #pragma unroll
-    for (int a = 0; a < TQ; ++a)
-#pragma unroll
-      for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
-#pragma unroll
-    for (int cc = 0; cc < D; cc += 4) {
-      float kf[TK][4];
-#pragma unroll
-      for (int m = 0; m < TK; ++m) load_vec<4>(Kst + (kg + 16 * m) * KS + cc, kf[m]);
-#pragma unroll
-      for (int a = 0; a < TQ; ++a) {
-        float qf[4];
-        load_vec<4>(Qs + (qg * TQ + a) * D + cc, qf);  // one address per half-warp: a broadcast
-#pragma unroll
-        for (int m = 0; m < TK; ++m)
-#pragma unroll
-          for (int e = 0; e < 4; ++e) s[a][m] = fmaf(qf[e], kf[m][e], s[a][m]);
-      }
-    }
-
-    // mask, then the online softmax update of each row
-#pragma unroll
-    for (int a = 0; a < TQ; ++a) {
-      float mx = kNegInf;
-#pragma unroll
-      for (int m = 0; m < TK; ++m) {
-        const int jl = c * kChunk + kg + 16 * m;  // key index within the split
-        const int64_t j = kbeg + jl;
-        const bool ok = jl < nkeys && j <= slot[a] && (Valid[jl] != 0 || j == slot[a]);
-        s[a][m] = ok ? s[a][m] * p.scale : kNegInf;
-        mx = fmaxf(mx, s[a][m]);
-      }
-      mx = half_warp_max(mx);
-      const float m_new = fmaxf(m_run[a], mx);
-      float alpha = 1.f, psum = 0.f;
-      if (m_new != kNegInf) {  // uniform over the half-warp
-        alpha = expf(m_run[a] - m_new);  // 0 while the row had nothing yet (m_run = -inf)
-#pragma unroll
-        for (int m = 0; m < TK; ++m) {
-          s[a][m] = expf(s[a][m] - m_new);  // masked: exp(-inf) = 0
-          psum += s[a][m];
-        }
-      } else {
+      for (int a = 0; a < TQ; ++a)
 #pragma unroll
         for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
+#pragma unroll
+      for (int cc = 0; cc < D; cc += 4) {
+        float kf[TK][4];
+#pragma unroll
+        for (int m = 0; m < TK; ++m) load_vec<4>(Kst + (kg + 16 * m) * KS + cc, kf[m]);
+#pragma unroll
+        for (int a = 0; a < TQ; ++a) {
+          float qf[4];
+          load_vec<4>(Qs + (qg * TQ + a) * D + cc, qf);  // one address per half-warp: a broadcast
+#pragma unroll
+          for (int m = 0; m < TK; ++m)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[a][m] = fmaf(qf[e], kf[m][e], s[a][m]);
+        }
       }
-      psum = half_warp_sum(psum);
-      l_run[a] = l_run[a] * alpha + psum;
-      m_run[a] = m_new;
+
+      // mask, then the online softmax update of each row
 #pragma unroll
-      for (int cw = 0; cw < CW; ++cw) o[a][cw] *= alpha;
-    }
+      for (int a = 0; a < TQ; ++a) {
+        float mx = kNegInf;
 #pragma unroll
-    for (int m = 0; m < TK; ++m) {
-      float pv[TQ];
+        for (int m = 0; m < TK; ++m) {
+          const int jl = c * kChunk + kg + 16 * m;  // key index within the split
+          const int64_t j = kbeg + jl;
+          const bool ok = jl < nkeys && j <= slot[a] && (Valid[jl] != 0 || j == slot[a]);
+          s[a][m] = ok ? s[a][m] * p.scale : kNegInf;
+          mx = fmaxf(mx, s[a][m]);
+        }
+        mx = half_warp_max(mx);
+        const float m_new = fmaxf(m_run[a], mx);
+        float alpha = 1.f, psum = 0.f;
+        if (m_new != kNegInf) {  // uniform over the half-warp
+          alpha = expf(m_run[a] - m_new);  // 0 while the row had nothing yet (m_run = -inf)
 #pragma unroll
-      for (int a = 0; a < TQ; ++a) pv[a] = s[a][m];
-      store_vec<TQ>(Ps + (kg + 16 * m) * PS + qg * TQ, pv);
+          for (int m = 0; m < TK; ++m) {
+            s[a][m] = expf(s[a][m] - m_new);  // masked: exp(-inf) = 0
+            psum += s[a][m];
+          }
+        } else {
+#pragma unroll
+          for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
+        }
+        psum = half_warp_sum(psum);
+        l_run[a] = l_run[a] * alpha + psum;
+        m_run[a] = m_new;
+#pragma unroll
+        for (int cw = 0; cw < CW; ++cw) o[a][cw] *= alpha;
+      }
+#pragma unroll
+      for (int m = 0; m < TK; ++m) {
+        float pv[TQ];
+#pragma unroll
+        for (int a = 0; a < TQ; ++a) pv[a] = s[a][m];
+        store_vec<TQ>(Ps + (kg + 16 * m) * PS + qg * TQ, pv);
+      }
     }
     __syncthreads();
 
     // o[rows][cols] += P[rows][k] * V[k][cols]
-    const int kn = min(kChunk, nkeys - c * kChunk);
+    const int kn = busy ? min(kChunk, nkeys - c * kChunk) : 0;
 #pragma unroll 4
     for (int k = 0; k < kn; ++k) {
       float pr[TQ], vr[CW];

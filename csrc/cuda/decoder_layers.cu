@@ -334,7 +334,7 @@ __global__ void __launch_bounds__(kThreads, 1) decoder_layers_kernel(Params p) {
         const int split = static_cast<int>(u % att.num_splits);
         const int bh = static_cast<int>(u / att.num_splits);
         __syncthreads();  // the previous unit is done reading shared memory
-        attn::attn_tile<HD, kQueryTile>(att, bh, 0, split, scratch);
+        attn::attn_tile<HD, kQueryTile, false>(att, bh, 0, split, scratch);
       }
     }
     grid.sync();

@@ -1,0 +1,242 @@
+// The cache_attention pass for many queries per row (prefills, n > 16): 64 queries per block.
+//
+// Same algorithm and output as attn_tile (cache_attention_tile.cuh) -- one (batch*head, query tile, key
+// split), 64-key chunks staged with cp.async, online softmax, (m, l, acc) per split -- with a
+// thread layout that spends more of its issue slots on FMAs, which is what bounds prefills at large batch
+// (a profile of attn_tile<32, 32> at B=64, 206 queries: 70% of issue slots busy, 54% of them FFMA; the
+// p @ v loop alone 37% of all instructions, at 2 shared loads and 2 address updates per 8 FMAs).
+//
+// 128 threads = 16 row groups of 8 lanes; warp w owns queries 16w .. 16w+15, row group g (= lane / 8 + 4w)
+// queries 4g .. 4g+3 and lane c (= lane % 8) of it keys c + 8m of each chunk in the score phase and
+// output columns c*CW .. c*CW+CW-1 in the p @ v phase. The per-row softmax state is the thread's own,
+// replicated over its 8 lanes; p goes through shared memory transposed (one 16-byte load gives a key's
+// probability for the 4 rows). The p @ v loop is unrolled over the whole chunk with zero probabilities
+// (and zero-filled values) past the split's last key, so it is 2 (D=32) or 3 (D=64) shared loads per
+// 16 or 32 FMAs and no address arithmetic. A warp whose queries all lie past the row's last query skips
+// the arithmetic (206 queries leave 3 of the last tile's 4 warps idle) but keeps the copies and barriers.
+//
+// Exactness: as attn_tile -- fp32 FMAs, scores (q . k) * scale with the same dot-product order, precise
+// expf, keys summed in ascending order; only the sum of a row's probabilities is reduced in another order.
+#pragma once
+
+#include <climits>
+
+#include "cuda/cache_attention_tile.cuh"
+
+namespace autogaze_ext {
+namespace attn {
+
+template <int D>
+struct WideLayout {
+  static constexpr int QT = 64;         // queries per block
+  static constexpr int TQ = 4;          // rows per thread
+  static constexpr int TK = kChunk / 8;  // keys per thread in the score phase
+  static constexpr int CW = D / 8;      // output columns per thread
+  static constexpr int QS = D + 4;      // padded Q and K rows: the row groups / lanes of a warp hit distinct banks
+  static constexpr int KS = D + 4;
+  static constexpr int PS = QT + 4;     // padded P^T rows: the 8 lanes of a store phase hit distinct banks
+  static constexpr int kFloats = QT * QS + kChunk * KS + kChunk * D + kChunk * PS;
+  static size_t smem_bytes(int64_t split) { return sizeof(float) * kFloats + ((split + 15) / 16) * 16; }
+};
+
+template <int D>
+__device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int split_id, float* smem) {
+  using Lay = WideLayout<D>;
+  constexpr int QT = Lay::QT, TQ = Lay::TQ, TK = Lay::TK, CW = Lay::CW, QS = Lay::QS, KS = Lay::KS, PS = Lay::PS;
+  static_assert(kThreads == 128 && QT == 16 * TQ && D % 32 == 0, "16 row groups of 8 lanes; float4 columns");
+  float* Qs = smem;                  // [QT][QS]
+  float* Ks = Qs + QT * QS;       // [kChunk][KS]
+  float* Vs = Ks + kChunk * KS;   // [kChunk][D]
+  float* Ps = Vs + kChunk * D;    // [kChunk][PS]: P transposed
+  unsigned char* Valid = reinterpret_cast<unsigned char*>(Ps + kChunk * PS);  // [split]
+
+  const int b = bh / p.H, h = bh - b * p.H;
+  const int q0 = q_tile * QT;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int kl = lane & 7, rg = warp * 4 + (lane >> 3);
+
+  const int64_t s0 = read_start(p.start);
+  const int nq = min(QT, p.n - q0);
+  const int64_t kend = min(s0 + q0 + nq - 1, p.L - 1);  // last key any query of this tile may see
+  const int64_t kbeg = static_cast<int64_t>(split_id) * p.split;
+  if (p.num_splits > 1 && kbeg > kend) return;  // not live: the combine never reads this split for these queries
+  const int64_t kstop = min(kbeg + p.split - 1, kend);
+  const int nkeys = kstop >= kbeg ? static_cast<int>(kstop - kbeg + 1) : 0;
+  const int nchunks = (nkeys + kChunk - 1) / kChunk;
+  const bool busy = 16 * warp < nq;  // warp-uniform: some query of this warp exists
+
+  const int hk = h / (p.H / p.KVH);
+  const int64_t kv_off = (static_cast<int64_t>(b) * p.KVH + hk) * p.L * D;
+  const float* kbase = p.k + kv_off + kbeg * D;
+  const float* vbase = p.v + kv_off + kbeg * D;
+
+  // K and V are single-buffered and staged at different points of the chunk loop: the keys of chunk c+1
+  // load while chunk c's p @ v runs, its values while chunk c+1's scores run (half a chunk of latency hiding
+  // each, ~microseconds) -- half the shared memory of double buffering, so 4 blocks fit on an SM.
+  auto load_rows = [&](float* dst, int ld, const float* base, int c) {
+    const int rows = min(kChunk, nkeys - c * kChunk);
+    const float* src = base + static_cast<int64_t>(c) * kChunk * D;
+    static_assert(kChunk * D / 4 % kThreads == 0, "whole float4s per thread");
+#pragma unroll
+    for (int u = 0; u < kChunk * D / 4 / kThreads; ++u) {
+      const int e = tid + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
+      const bool ok = r < rows;  // rows past the split's last key: zero-filled (p @ v multiplies them by 0)
+      cp_async<16>(dst + r * ld + c4, ok ? src + r * D + c4 : base, ok);
+    }
+    cp_async_commit();
+  };
+
+  if (nchunks > 0) {
+    const float* qb = p.q + (static_cast<int64_t>(bh) * p.n + q0) * D;
+    static_assert(QT * D / 4 % kThreads == 0, "whole float4s per thread");
+#pragma unroll
+    for (int u = 0; u < QT * D / 4 / kThreads; ++u) {
+      const int e = tid + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
+      cp_async<16>(Qs + r * QS + c4, r < nq ? qb + r * D + c4 : p.q, r < nq);  // padding rows: zeros
+    }
+    load_rows(Ks, KS, kbase, 0);  // same commit group as q
+    load_rows(Vs, D, vbase, 0);
+    const bool* vrow = p.valid + static_cast<int64_t>(b) * p.L + kbeg;
+    for (int j = tid; j < nkeys; j += kThreads) Valid[j] = vrow[j];
+    cp_async_wait<1>();  // q and the first keys
+    __syncthreads();
+  }
+
+  // Per row: the last key index (within the split) it may see, and its own slot's index, in 32 bits
+  // (both clamped: a slot more than INT_MAX keys past the split's start sees the whole split).
+  float m_run[TQ], l_run[TQ], o[TQ][CW];
+  int last[TQ], self[TQ];
+#pragma unroll
+  for (int a = 0; a < TQ; ++a) {
+    m_run[a] = kNegInf, l_run[a] = 0.f;
+    const int64_t rel = s0 + q0 + rg * TQ + a - kbeg;
+    self[a] = static_cast<int>(max(min(rel, static_cast<int64_t>(INT_MAX)), static_cast<int64_t>(-1)));
+    last[a] = min(self[a], nkeys - 1);
+#pragma unroll
+    for (int c = 0; c < CW; ++c) o[a][c] = 0.f;
+  }
+
+  // Per chunk c, on entry: q and the keys of c visible, the values of c in flight.
+  for (int c = 0; c < nchunks; ++c) {
+    if (busy) {
+      // scores s[a][m] = q[row a] . k[key kl + 8m]
+      float s[TQ][TK];
+#pragma unroll
+      for (int a = 0; a < TQ; ++a)
+#pragma unroll
+        for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
+#pragma unroll
+      for (int cc = 0; cc < D; cc += 4) {
+        float kf[TK][4];
+#pragma unroll
+        for (int m = 0; m < TK; ++m) load_vec<4>(Ks + (kl + 8 * m) * KS + cc, kf[m]);
+#pragma unroll
+        for (int a = 0; a < TQ; ++a) {
+          float qf[4];
+          load_vec<4>(Qs + (rg * TQ + a) * QS + cc, qf);  // one address per row group: a broadcast
+#pragma unroll
+          for (int m = 0; m < TK; ++m)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[a][m] = fmaf(qf[e], kf[m][e], s[a][m]);
+        }
+      }
+
+      // mask, then the online softmax update of each row
+      bool vk[TK];
+#pragma unroll
+      for (int m = 0; m < TK; ++m) vk[m] = Valid[min(c * kChunk + kl + 8 * m, nkeys - 1)] != 0;
+#pragma unroll
+      for (int a = 0; a < TQ; ++a) {
+        float mx = kNegInf;
+#pragma unroll
+        for (int m = 0; m < TK; ++m) {
+          const int jl = c * kChunk + kl + 8 * m;  // key index within the split
+          const bool ok = jl <= last[a] && (vk[m] || jl == self[a]);
+          s[a][m] = ok ? s[a][m] * p.scale : kNegInf;
+          mx = fmaxf(mx, s[a][m]);
+        }
+#pragma unroll
+        for (int off = 4; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        const float m_new = fmaxf(m_run[a], mx);
+        float alpha = 1.f, psum = 0.f;
+        if (m_new != kNegInf) {  // uniform over the row group
+          alpha = expf(m_run[a] - m_new);  // 0 while the row had nothing yet (m_run = -inf)
+#pragma unroll
+          for (int m = 0; m < TK; ++m) {
+            s[a][m] = expf(s[a][m] - m_new);  // masked: exp(-inf) = 0
+            psum += s[a][m];
+          }
+        } else {
+#pragma unroll
+          for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
+        }
+#pragma unroll
+        for (int off = 4; off > 0; off >>= 1) psum += __shfl_xor_sync(0xffffffffu, psum, off);
+        l_run[a] = l_run[a] * alpha + psum;
+        m_run[a] = m_new;
+#pragma unroll
+        for (int cw = 0; cw < CW; ++cw) o[a][cw] *= alpha;
+      }
+#pragma unroll
+      for (int m = 0; m < TK; ++m) {
+        float pv[TQ];
+#pragma unroll
+        for (int a = 0; a < TQ; ++a) pv[a] = s[a][m];
+        store_vec<TQ>(Ps + (kl + 8 * m) * PS + rg * TQ, pv);
+      }
+    }
+    cp_async_wait<0>();  // the values of c
+    __syncthreads();     // p and the values visible; the keys' buffer free
+    if (c + 1 < nchunks) load_rows(Ks, KS, kbase, c + 1);
+
+    if (busy) {
+      // o[rows][cols] += P[rows][k] * V[k][cols] over the whole chunk (past the last key: 0 * 0)
+#pragma unroll
+      for (int k = 0; k < kChunk; ++k) {
+        float pr[TQ], vr[CW];
+        load_vec<TQ>(Ps + k * PS + rg * TQ, pr);
+#pragma unroll
+        for (int cw = 0; cw < CW; cw += 4) {
+          float v4[4];
+          load_vec<4>(Vs + k * D + kl * CW + cw, v4);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) vr[cw + e] = v4[e];
+        }
+#pragma unroll
+        for (int a = 0; a < TQ; ++a)
+#pragma unroll
+          for (int cw = 0; cw < CW; ++cw) o[a][cw] = fmaf(pr[a], vr[cw], o[a][cw]);
+      }
+    }
+    cp_async_wait<0>();  // the keys of c + 1
+    __syncthreads();     // those keys visible; p and the values' buffer free
+    if (c + 1 < nchunks) load_rows(Vs, D, vbase, c + 1);
+  }
+
+#pragma unroll
+  for (int a = 0; a < TQ; ++a) {
+    const int i = q0 + rg * TQ + a;
+    if (i >= p.n) continue;
+    const int64_t row = static_cast<int64_t>(bh) * p.n + i;
+    float r[CW];
+    if (p.num_splits == 1) {
+#pragma unroll
+      for (int cw = 0; cw < CW; ++cw) r[cw] = o[a][cw] / l_run[a];  // no key at all: 0/0 = NaN
+    } else {
+#pragma unroll
+      for (int cw = 0; cw < CW; ++cw) r[cw] = o[a][cw];
+    }
+    float* dst = p.num_splits == 1 ? p.out + row * D : p.ws_acc + (row * p.num_splits + split_id) * D;
+#pragma unroll
+    for (int cw = 0; cw < CW; cw += 4) {
+      float r4[4] = {r[cw], r[cw + 1], r[cw + 2], r[cw + 3]};
+      store_vec<4>(dst + kl * CW + cw, r4);
+    }
+    if (p.num_splits > 1 && kl == 0) {
+      *reinterpret_cast<float2*>(p.ws_ml + (row * p.num_splits + split_id) * 2) = make_float2(m_run[a], l_run[a]);
+    }
+  }
+}
+
+}  // namespace attn
+}  // namespace autogaze_ext
