@@ -37,3 +37,19 @@ def test_tf32_flags_restored(official, cuda_model):
         assert torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@pytest.mark.parametrize("shape", [(1, 16, 224), (3, 5, 224), (2, 2, 64)])
+def test_patch_embed_gemm_matches_conv(cuda_model, shape):
+    """The CUDA patch embedding (one GEMM) against the conv it replaces, on fresh random frames."""
+    from autogaze_ext.model.encoder import ShallowVideoConvNet
+    from autogaze_ext.model.autogaze import exact_fp32
+
+    net = next(m for m in cuda_model.modules() if isinstance(m, ShallowVideoConvNet))
+    B, T, S = shape
+    video = torch.randn(B, T, 3, S, S, device="cuda", generator=torch.Generator("cuda").manual_seed(S + T))
+    with torch.no_grad(), exact_fp32():
+        got = net.patch_embed(video)
+        want = net.temporal_conv(video.permute(0, 2, 1, 3, 4)).permute(0, 2, 3, 4, 1)
+    assert got.shape == want.shape == (B, T, S // 16, S // 16, 192)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
