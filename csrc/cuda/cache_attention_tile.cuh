@@ -83,6 +83,63 @@ __device__ __forceinline__ float half_warp_sum(float x) {
   return x;
 }
 
+// Scores of a thread's TQ x TK register tile: s[a][m] = q row a . k row m, with query row a at q + a * QLD
+// and key m at k + m * KSTEP * KLD (fp32 FMAs in column order; one 16-byte shared load feeds 4 columns).
+template <int D, int TQ, int TK, int QLD, int KLD, int KSTEP>
+__device__ __forceinline__ void tile_scores(const float* q, const float* k, float (&s)[TQ][TK]) {
+#pragma unroll
+  for (int a = 0; a < TQ; ++a)
+#pragma unroll
+    for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
+#pragma unroll
+  for (int cc = 0; cc < D; cc += 4) {
+    float kf[TK][4];
+#pragma unroll
+    for (int m = 0; m < TK; ++m) load_vec<4>(k + m * KSTEP * KLD + cc, kf[m]);
+#pragma unroll
+    for (int a = 0; a < TQ; ++a) {
+      float qf[4];
+      load_vec<4>(q + a * QLD + cc, qf);  // the same row for every lane of a row group: a broadcast
+#pragma unroll
+      for (int m = 0; m < TK; ++m)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[a][m] = fmaf(qf[e], kf[m][e], s[a][m]);
+    }
+  }
+}
+
+// Online softmax update of one query row whose chunk of scores (masked: -inf) is spread over LANES
+// consecutive lanes, TK per lane: s becomes the probabilities (relative to the new running max), and the
+// running max, sum and the thread's output columns are rescaled. Every lane of the group ends with the
+// same state (butterfly reductions).
+template <int LANES, int TK, int CW>
+__device__ __forceinline__ void softmax_update(float (&s)[TK], float& m_run, float& l_run, float (&o)[CW]) {
+  float mx = kNegInf;
+#pragma unroll
+  for (int m = 0; m < TK; ++m) mx = fmaxf(mx, s[m]);
+#pragma unroll
+  for (int off = LANES / 2; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+  const float m_new = fmaxf(m_run, mx);
+  float alpha = 1.f, psum = 0.f;
+  if (m_new != kNegInf) {  // uniform over the group
+    alpha = expf(m_run - m_new);  // 0 while the row had nothing yet (m_run = -inf)
+#pragma unroll
+    for (int m = 0; m < TK; ++m) {
+      s[m] = expf(s[m] - m_new);  // masked: exp(-inf) = 0
+      psum += s[m];
+    }
+  } else {
+#pragma unroll
+    for (int m = 0; m < TK; ++m) s[m] = 0.f;
+  }
+#pragma unroll
+  for (int off = LANES / 2; off > 0; off >>= 1) psum += __shfl_xor_sync(0xffffffffu, psum, off);
+  l_run = l_run * alpha + psum;
+  m_run = m_new;
+#pragma unroll
+  for (int cw = 0; cw < CW; ++cw) o[cw] *= alpha;
+}
+
 template <int D, int QT>
 struct TiledLayout {
   static constexpr int TQ = QT / 8;       // query rows per thread (8 row groups)
@@ -184,57 +241,19 @@ __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_
     if (busy) {
       // scores s[a][m] = q[row a] . k[key m]
       float s[TQ][TK];
-#pragma unroll
-      for (int a = 0; a < TQ; ++a)
-#pragma unroll
-        for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
-#pragma unroll
-      for (int cc = 0; cc < D; cc += 4) {
-        float kf[TK][4];
-#pragma unroll
-        for (int m = 0; m < TK; ++m) load_vec<4>(Kst + (kg + 16 * m) * KS + cc, kf[m]);
-#pragma unroll
-        for (int a = 0; a < TQ; ++a) {
-          float qf[4];
-          load_vec<4>(Qs + (qg * TQ + a) * D + cc, qf);  // one address per half-warp: a broadcast
-#pragma unroll
-          for (int m = 0; m < TK; ++m)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[a][m] = fmaf(qf[e], kf[m][e], s[a][m]);
-        }
-      }
+      tile_scores<D, TQ, TK, D, KS, 16>(Qs + qg * TQ * D, Kst + kg * KS, s);
 
       // mask, then the online softmax update of each row
 #pragma unroll
       for (int a = 0; a < TQ; ++a) {
-        float mx = kNegInf;
 #pragma unroll
         for (int m = 0; m < TK; ++m) {
           const int jl = c * kChunk + kg + 16 * m;  // key index within the split
           const int64_t j = kbeg + jl;
           const bool ok = jl < nkeys && j <= slot[a] && (Valid[jl] != 0 || j == slot[a]);
           s[a][m] = ok ? s[a][m] * p.scale : kNegInf;
-          mx = fmaxf(mx, s[a][m]);
         }
-        mx = half_warp_max(mx);
-        const float m_new = fmaxf(m_run[a], mx);
-        float alpha = 1.f, psum = 0.f;
-        if (m_new != kNegInf) {  // uniform over the half-warp
-          alpha = expf(m_run[a] - m_new);  // 0 while the row had nothing yet (m_run = -inf)
-#pragma unroll
-          for (int m = 0; m < TK; ++m) {
-            s[a][m] = expf(s[a][m] - m_new);  // masked: exp(-inf) = 0
-            psum += s[a][m];
-          }
-        } else {
-#pragma unroll
-          for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
-        }
-        psum = half_warp_sum(psum);
-        l_run[a] = l_run[a] * alpha + psum;
-        m_run[a] = m_new;
-#pragma unroll
-        for (int cw = 0; cw < CW; ++cw) o[a][cw] *= alpha;
+        softmax_update<16>(s[a], m_run[a], l_run[a], o[a]);
       }
 #pragma unroll
       for (int m = 0; m < TK; ++m) {

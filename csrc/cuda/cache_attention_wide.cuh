@@ -121,25 +121,7 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
     if (busy) {
       // scores s[a][m] = q[row a] . k[key kl + 8m]
       float s[TQ][TK];
-#pragma unroll
-      for (int a = 0; a < TQ; ++a)
-#pragma unroll
-        for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
-#pragma unroll
-      for (int cc = 0; cc < D; cc += 4) {
-        float kf[TK][4];
-#pragma unroll
-        for (int m = 0; m < TK; ++m) load_vec<4>(Ks + (kl + 8 * m) * KS + cc, kf[m]);
-#pragma unroll
-        for (int a = 0; a < TQ; ++a) {
-          float qf[4];
-          load_vec<4>(Qs + (rg * TQ + a) * QS + cc, qf);  // one address per row group: a broadcast
-#pragma unroll
-          for (int m = 0; m < TK; ++m)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[a][m] = fmaf(qf[e], kf[m][e], s[a][m]);
-        }
-      }
+      tile_scores<D, TQ, TK, QS, KS, 8>(Qs + rg * TQ * QS, Ks + kl * KS, s);
 
       // mask, then the online softmax update of each row
       bool vk[TK];
@@ -147,35 +129,13 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
       for (int m = 0; m < TK; ++m) vk[m] = Valid[min(c * kChunk + kl + 8 * m, nkeys - 1)] != 0;
 #pragma unroll
       for (int a = 0; a < TQ; ++a) {
-        float mx = kNegInf;
 #pragma unroll
         for (int m = 0; m < TK; ++m) {
           const int jl = c * kChunk + kl + 8 * m;  // key index within the split
           const bool ok = jl <= last[a] && (vk[m] || jl == self[a]);
           s[a][m] = ok ? s[a][m] * p.scale : kNegInf;
-          mx = fmaxf(mx, s[a][m]);
         }
-#pragma unroll
-        for (int off = 4; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-        const float m_new = fmaxf(m_run[a], mx);
-        float alpha = 1.f, psum = 0.f;
-        if (m_new != kNegInf) {  // uniform over the row group
-          alpha = expf(m_run[a] - m_new);  // 0 while the row had nothing yet (m_run = -inf)
-#pragma unroll
-          for (int m = 0; m < TK; ++m) {
-            s[a][m] = expf(s[a][m] - m_new);  // masked: exp(-inf) = 0
-            psum += s[a][m];
-          }
-        } else {
-#pragma unroll
-          for (int m = 0; m < TK; ++m) s[a][m] = 0.f;
-        }
-#pragma unroll
-        for (int off = 4; off > 0; off >>= 1) psum += __shfl_xor_sync(0xffffffffu, psum, off);
-        l_run[a] = l_run[a] * alpha + psum;
-        m_run[a] = m_new;
-#pragma unroll
-        for (int cw = 0; cw < CW; ++cw) o[a][cw] *= alpha;
+        softmax_update<8>(s[a], m_run[a], l_run[a], o[a]);
       }
 #pragma unroll
       for (int m = 0; m < TK; ++m) {
