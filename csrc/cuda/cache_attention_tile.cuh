@@ -83,6 +83,18 @@ __device__ __forceinline__ float half_warp_sum(float x) {
   return x;
 }
 
+// Issues the cp.async copies of ROWS rows of D floats (row r at src + r * D) into dst, row stride LD; rows
+// >= valid are zero-filled (their source address `any` is never read). No commit.
+template <int D, int ROWS, int LD>
+__device__ __forceinline__ void copy_rows_async(float* dst, const float* src, int valid, const float* any) {
+  static_assert(ROWS * D / 4 % kThreads == 0, "whole float4s per thread");
+#pragma unroll
+  for (int u = 0; u < ROWS * D / 4 / kThreads; ++u) {
+    const int e = static_cast<int>(threadIdx.x) + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
+    cp_async<16>(dst + r * LD + c4, r < valid ? src + r * D + c4 : any, r < valid);
+  }
+}
+
 // Scores of a thread's TQ x TK register tile: s[a][m] = q row a . k row m, with query row a at q + a * QLD
 // and key m at k + m * KSTEP * KLD (fp32 FMAs in column order; one 16-byte shared load feeds 4 columns).
 template <int D, int TQ, int TK, int QLD, int KLD, int KSTEP>
@@ -204,13 +216,7 @@ __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_
   };
 
   if (nchunks > 0) {
-    const float* qb = p.q + (static_cast<int64_t>(bh) * p.n + q0) * D;
-    static_assert(QT * D / 4 % kThreads == 0, "whole float4s per thread");
-#pragma unroll
-    for (int u = 0; u < QT * D / 4 / kThreads; ++u) {
-      const int e = tid + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
-      cp_async<16>(Qs + r * D + c4, r < nq ? qb + r * D + c4 : p.q, r < nq);  // padding rows: zeros
-    }
+    copy_rows_async<D, QT, D>(Qs, p.q + (static_cast<int64_t>(bh) * p.n + q0) * D, nq, p.q);  // padding rows: zeros
     load_chunk(0, 0);  // same commit group as q
     const bool* vrow = p.valid + static_cast<int64_t>(b) * p.L + kbeg;
     for (int j = tid; j < nkeys; j += kThreads) Valid[j] = vrow[j];  // visible after the first barrier

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <climits>
+#include <type_traits>
 
 #include "cuda/cache_attention_tile.cuh"
 
@@ -73,29 +74,19 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
   // K and V are single-buffered and staged at different points of the chunk loop: the keys of chunk c+1
   // load while chunk c's p @ v runs, its values while chunk c+1's scores run (half a chunk of latency hiding
   // each, ~microseconds) -- half the shared memory of double buffering, so 4 blocks fit on an SM.
-  auto load_rows = [&](float* dst, int ld, const float* base, int c) {
-    const int rows = min(kChunk, nkeys - c * kChunk);
-    const float* src = base + static_cast<int64_t>(c) * kChunk * D;
-    static_assert(kChunk * D / 4 % kThreads == 0, "whole float4s per thread");
-#pragma unroll
-    for (int u = 0; u < kChunk * D / 4 / kThreads; ++u) {
-      const int e = tid + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
-      const bool ok = r < rows;  // rows past the split's last key: zero-filled (p @ v multiplies them by 0)
-      cp_async<16>(dst + r * ld + c4, ok ? src + r * D + c4 : base, ok);
-    }
+  auto load_rows = [&](auto ld, float* dst, const float* base, int c) {
+    // rows past the split's last key: zero-filled (p @ v multiplies them by 0)
+    copy_rows_async<D, kChunk, decltype(ld)::value>(dst, base + static_cast<int64_t>(c) * kChunk * D,
+                                                     nkeys - c * kChunk, base);
     cp_async_commit();
   };
+  using KLd = std::integral_constant<int, KS>;
+  using VLd = std::integral_constant<int, D>;
 
   if (nchunks > 0) {
-    const float* qb = p.q + (static_cast<int64_t>(bh) * p.n + q0) * D;
-    static_assert(QT * D / 4 % kThreads == 0, "whole float4s per thread");
-#pragma unroll
-    for (int u = 0; u < QT * D / 4 / kThreads; ++u) {
-      const int e = tid + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
-      cp_async<16>(Qs + r * QS + c4, r < nq ? qb + r * D + c4 : p.q, r < nq);  // padding rows: zeros
-    }
-    load_rows(Ks, KS, kbase, 0);  // same commit group as q
-    load_rows(Vs, D, vbase, 0);
+    copy_rows_async<D, QT, QS>(Qs, p.q + (static_cast<int64_t>(bh) * p.n + q0) * D, nq, p.q);  // padding rows: zeros
+    load_rows(KLd{}, Ks, kbase, 0);  // same commit group as q
+    load_rows(VLd{}, Vs, vbase, 0);
     const bool* vrow = p.valid + static_cast<int64_t>(b) * p.L + kbeg;
     for (int j = tid; j < nkeys; j += kThreads) Valid[j] = vrow[j];
     cp_async_wait<1>();  // q and the first keys
@@ -147,7 +138,7 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
     }
     cp_async_wait<0>();  // the values of c
     __syncthreads();     // p and the values visible; the keys' buffer free
-    if (c + 1 < nchunks) load_rows(Ks, KS, kbase, c + 1);
+    if (c + 1 < nchunks) load_rows(KLd{}, Ks, kbase, c + 1);
 
     if (busy) {
       // o[rows][cols] += P[rows][k] * V[k][cols] over the whole chunk (past the last key: 0 * 0)
@@ -170,7 +161,7 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
     }
     cp_async_wait<0>();  // the keys of c + 1
     __syncthreads();     // those keys visible; p and the values' buffer free
-    if (c + 1 < nchunks) load_rows(Vs, D, vbase, c + 1);
+    if (c + 1 < nchunks) load_rows(VLd{}, Vs, vbase, c + 1);
   }
 
 #pragma unroll
