@@ -88,3 +88,26 @@ def test_fast_runner_ops_and_torch_paths_agree(req):
         with torch.no_grad():
             outs.append(r.decode(vision, caps, reqs))
     assert torch.equal(outs[0][1], outs[1][1]) and torch.equal(outs[0][0], outs[1][0])
+
+
+def test_fast_runner_cublas_projections_agree(monkeypatch):
+    """The many-row projection path (PyTorch's RMSNorm + cuBLAS, taken above FUSED_LINEAR_MAX_ROWS rows) makes
+    the same choices as the fused op; the thresholds are lowered so that a small batch takes it."""
+    from autogaze_ext.model.fast import FastGazeRunner, _slot_budget, custom_ops_available
+
+    if not custom_ops_available(torch.device("cpu")):
+        pytest.skip("compiled decoder ops not built")
+    m = _model(6)
+    B, caps = 2, [40, 12, 21]
+    video = random_video(B, 3, seed=51)
+    vision, _ = m.gazing_model.embed_video(video)
+    outs = []
+    for max_rows in (2048, 8):
+        monkeypatch.setattr(FastGazeRunner, "FUSED_LINEAR_MAX_ROWS", max_rows)
+        monkeypatch.setattr(FastGazeRunner, "LAYERS_OP_MAX_ROWS", 0)  # chain the ops here, through _linear
+        r = FastGazeRunner(m.gazing_model.gaze_decoder, B, 3, vision.shape[2], _slot_budget(caps, 196, 10),
+                           use_graphs=False, use_ops=True)
+        with torch.no_grad():
+            outs.append(r.decode(vision, caps, None))
+    assert torch.equal(outs[0][1], outs[1][1]) and torch.equal(outs[0][0], outs[1][0])
+    assert outs[0][1].tolist() == [40, 12, 21]

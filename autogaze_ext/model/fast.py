@@ -139,10 +139,14 @@ class FastGazeRunner:
     FUSED_LINEAR_MAX_ROWS = 2048
 
     def _linear(self, x, weight, norm_weight, eps, residual, swiglu):
-        """fused_linear's signature: the fused op for few rows, cuBLAS (through its reference) for many."""
+        """fused_linear's signature: the fused op for few rows, cuBLAS for many, with PyTorch's one-kernel
+        RMSNorm in front (at 13184 rows on an H100 the qkv projection takes 137 µs, against 199 µs with the
+        norm as fused_linear_reference writes it, five elementwise kernels)."""
         if x.shape[0] <= self.FUSED_LINEAR_MAX_ROWS:
             return torch.ops.autogaze_ext.fused_linear(x, weight, norm_weight, eps, residual, swiglu)
-        return fused_linear_reference(x, weight, norm_weight, eps, residual, swiglu)
+        if norm_weight is not None:
+            x = F.rms_norm(x, (x.shape[-1],), norm_weight, eps)
+        return fused_linear_reference(x, weight, None, eps, residual, swiglu)
 
     # Rows up to which one decoder_layers call runs all layers (on CUDA one persistent kernel for decode
     # steps at small batch, the chained ops otherwise); above it the layers chain the ops here so that
