@@ -230,6 +230,9 @@ GPU_CASES = [  # B, H, KVH, n, L, d: tiled (d 32/64, q tiles of 16 and 64), spli
     (44, 6, 6, 64, 300, 32),
     (48, 6, 2, 65, 1024, 32),
     (24, 6, 6, 130, 1024, 64),
+    # calls that fill an H100 four times over with one split of more than 2048 keys (no combine)
+    (96, 6, 6, 1, 3000, 32),
+    (44, 6, 6, 65, 2500, 32),
 ]
 
 

@@ -9,7 +9,7 @@ namespace autogaze_ext {
 // How one call is split into thread blocks; chosen on the host from shapes only (never from `start`),
 // so the grid and the workspace size are fixed under CUDA-graph capture.
 struct CacheAttentionPlan {
-  int64_t split = 0;       // keys per split (a multiple of 64, at most 2048)
+  int64_t split = 0;       // keys per split (a multiple of 64, at most 4096)
   int64_t num_splits = 0;  // ceil(L / split); 1: the blocks write the output directly, no workspace
   int q_tile = 0;          // queries per block in the tiled kernels (16, 32 or 64); 1 for the generic kernel
   bool tiled = false;      // d in {32, 64} and 16-byte aligned q/k/v/out: the shared-memory tiled kernel

@@ -17,7 +17,7 @@ namespace attn {
 
 constexpr int kThreads = 128;
 constexpr int kChunk = 64;       // keys per shared-memory stage
-constexpr int kMaxSplit = 2048;  // keys per split; bounds the validity bytes a block keeps in shared memory
+constexpr int kMaxSplit = 4096;  // keys per split; bounds the validity bytes a block keeps in shared memory
 constexpr int kMaxHeadDim = 256;
 constexpr float kNegInf = -INFINITY;
 
