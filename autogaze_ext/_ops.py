@@ -169,4 +169,5 @@ if HAS_EXTENSION:
 
 
 # The other ops live in their own modules; importing them registers their fake kernels.
-from . import _ops_attention, _ops_decoder, _ops_linear, _ops_patches, _ops_preprocess, _ops_select, _ops_vit  # noqa: E402,F401
+from . import (  # noqa: E402,F401
+    _ops_attention, _ops_decoder, _ops_frame, _ops_linear, _ops_patches, _ops_preprocess, _ops_select, _ops_vit)

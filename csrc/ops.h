@@ -34,6 +34,12 @@ inline ScaleLayout make_scale_layout(at::IntArrayRef grids) {
   return L;
 }
 
+// frame_end (defined in cpu/frame_end.cpp): the checks both backends share.
+void check_frame_end_inputs(const at::Tensor& fids, const at::Tensor& n, const at::Tensor& frame_start,
+                            const at::Tensor& t, const at::Tensor& key_valid, const at::Tensor& count,
+                            const at::Tensor& pend, const at::Tensor& pend_len, const at::Tensor& out_ids,
+                            const at::Tensor& out_n);
+
 // varlen_attention modes (the values the CUDA launcher takes) and the checks both backends share (defined in
 // cpu/varlen_attention.cpp); returns the parsed mode.
 enum class VarlenMode { kBlockCausal = 0, kCausal = 1, kBidirectional = 2, kFrameIndependent = 3 };

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .._ops_decoder import chain_layers
+from .._ops_frame import frame_end_reference
 from .._ops_linear import fused_linear_reference
 from .._ops_select import select_step_reference
 from .decoder import GazeDecoder, apply_rope, rope_cos_sin
@@ -32,7 +33,7 @@ from .decoder import GazeDecoder, apply_rope, rope_cos_sin
 _NEG_INF = float("-inf")
 
 
-_OPS = ("fused_linear", "rope_cache_write", "cache_attention", "select_step", "decoder_layers")
+_OPS = ("fused_linear", "rope_cache_write", "cache_attention", "select_step", "decoder_layers", "frame_end")
 
 
 def custom_ops_available(device: torch.device) -> bool:
@@ -117,7 +118,6 @@ class FastGazeRunner:
         self.out_n = z(n_frames, dtype=torch.long)
         self.karange = torch.arange(K, device=dev)
         self.parange = torch.arange(self.P, device=dev)
-        self.farange = torch.arange(self.max_ids + K, device=dev)
 
         self._side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         if use_graphs is None:
@@ -295,29 +295,11 @@ class FastGazeRunner:
         self.seq.add_(feed.long(), alpha=K)
 
     def end_frame(self) -> None:
-        """Mask the frame's fed pads for later frames, keep its last chunk pending, store ids."""
-        K, eos = self.K, self.eos
-        n = self.n
-        self._fork(self._store_ids)  # independent of the rest
-        fed = K * torch.div((n - 1).clamp(min=0), K, rounding_mode="floor")
-        window = self.farange
-        ids_real = self.fids != eos
-        in_fed = window[None, :] < fed
-        # slots frame_start .. frame_start+fed-1 hold the fed chunks: visible only where not a pad
-        slots = self.frame_start + window
-        cur = self.kvalid.index_select(1, slots)
-        self.kvalid.index_copy_(1, slots, torch.where(in_fed, ids_real, cur))
-        self.count.add_((ids_real & in_fed).sum(1))
-        self.pend.copy_(self.fids.gather(1, (fed + self.karange).expand(self.B, K)))
-        self.pend_len.copy_(n - fed)
-        self.pend.masked_fill_(self.karange[None, :] >= self.pend_len, eos)
-        self._join()
+        """Mask the frame's fed pads for later frames, keep its last chunk pending, store ids (frame_end)."""
+        end = torch.ops.autogaze_ext.frame_end if self.use_ops else frame_end_reference
+        end(self.fids, self.n, self.frame_start, self.t, self.kvalid, self.count, self.pend, self.pend_len,
+            self.out_ids, self.out_n, self.eos)
         self.t.add_(1)
-
-    def _store_ids(self) -> None:
-        """Frame t's ids and count into the clip outputs (run by _fork: in place only)."""
-        self.out_ids.index_copy_(1, self.t, self.fids[:, None])
-        self.out_n.index_copy_(0, self.t, self.n)
 
     def reset(self) -> None:
         self.kvalid.zero_()

@@ -163,7 +163,8 @@ __global__ void __launch_bounds__(kThreads) attn_combine_generic_kernel(Params p
 template <class Kernel>
 cudaError_t launch_with_smem(Kernel kernel, size_t smem, size_t most, const Params& p, dim3 grid, cudaStream_t stream) {
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most));
+    const cudaError_t err =
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(most));
     if (err != cudaSuccess) return err;
   }
   kernel<<<grid, kThreads, smem, stream>>>(p);
@@ -222,7 +223,8 @@ cudaError_t launch_cache_attention(const CacheAttentionPlan& plan, const float* 
   cudaError_t err;
   if (plan.tiled) {
     const dim3 grid(bhs, static_cast<unsigned>(ceil_div(n, plan.q_tile)), splits);
-    err = head_dim == 32 ? launch_tiled<32>(p, plan.q_tile, grid, stream) : launch_tiled<64>(p, plan.q_tile, grid, stream);
+    err = head_dim == 32 ? launch_tiled<32>(p, plan.q_tile, grid, stream)
+                         : launch_tiled<64>(p, plan.q_tile, grid, stream);
   } else {
     attn_generic_kernel<<<dim3(bhs, static_cast<unsigned>(n), splits), kThreads, 0, stream>>>(p);
     err = cudaGetLastError();

@@ -1,0 +1,97 @@
+"""frame_end: the bookkeeping at the end of a frame of the fast decoding path (spec §5.6).
+
+Python face of torch.ops.autogaze_ext.frame_end: argument checks, fake kernel, and the pure-PyTorch
+reference (what ``FastGazeRunner.end_frame`` in model/fast.py runs when the compiled ops are absent), which
+is also the fallback when the compiled kernel for the tensors' device is missing.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._ops import HAS_EXTENSION, _check_tensor, _use_compiled
+
+
+def frame_end_reference(fids: torch.Tensor, n: torch.Tensor, frame_start: torch.Tensor, t: torch.Tensor,
+                        key_valid: torch.Tensor, count: torch.Tensor, pend: torch.Tensor, pend_len: torch.Tensor,
+                        out_ids: torch.Tensor, out_n: torch.Tensor, eos: int) -> None:
+    """Pure-PyTorch frame_end (no argument checks) for in-range device values: frame_start + W <= L and
+    0 <= t < T (the kernels skip what lies outside; index_copy_ here would raise)."""
+    B, W = fids.shape
+    K = pend.shape[1]
+    nn = n.reshape(1).clamp(0, W)
+    window = torch.arange(W, device=fids.device)
+    karange = torch.arange(K, device=fids.device)
+    out_ids.index_copy_(1, t.reshape(1), fids[:, None])
+    out_n.index_copy_(0, t.reshape(1), nn)
+    fed = K * torch.div((nn - 1).clamp(min=0), K, rounding_mode="floor")
+    ids_real = fids != eos
+    in_fed = window[None, :] < fed
+    # slots frame_start .. frame_start+fed-1 hold the fed chunks: visible only where not a pad
+    slots = frame_start.reshape(1) + window
+    cur = key_valid.index_select(1, slots)
+    key_valid.index_copy_(1, slots, torch.where(in_fed, ids_real, cur))
+    count.add_((ids_real & in_fed).sum(1))
+    pend.copy_(fids.gather(1, (fed + karange).clamp(max=W - 1).expand(B, K)))
+    pend_len.copy_((nn - fed).reshape(pend_len.shape))
+    pend.masked_fill_(karange[None, :] >= pend_len.reshape(1), eos)
+
+
+def _check_frame_end_args(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n, eos) -> None:
+    _check_tensor(fids, "fids", torch.int64)
+    if fids.dim() != 2 or fids.shape[1] < 1:
+        raise ValueError(f"fids must be (B, W) with W >= 1, got shape {tuple(fids.shape)}")
+    B, W = fids.shape
+    if isinstance(eos, bool) or not isinstance(eos, int):
+        raise TypeError(f"eos must be an int, got {type(eos).__name__}")
+    args = {"n": (n, torch.int64), "frame_start": (frame_start, torch.int64), "t": (t, torch.int64),
+            "key_valid": (key_valid, torch.bool), "count": (count, torch.int64), "pend": (pend, torch.int64),
+            "pend_len": (pend_len, torch.int64), "out_ids": (out_ids, torch.int64), "out_n": (out_n, torch.int64)}
+    for name, (x, dtype) in args.items():
+        _check_tensor(x, name, dtype)
+        if x.device != fids.device:
+            raise ValueError(f"{name} is on {x.device} but fids on {fids.device}")
+    for name in ("n", "frame_start", "t", "pend_len"):
+        if args[name][0].numel() != 1:
+            raise ValueError(f"{name} must hold one element, got shape {tuple(args[name][0].shape)}")
+    if key_valid.dim() != 2 or key_valid.shape[0] != B:
+        raise ValueError(f"key_valid must be (B={B}, L), got shape {tuple(key_valid.shape)}")
+    if tuple(count.shape) != (B,):
+        raise ValueError(f"count must have shape ({B},), got {tuple(count.shape)}")
+    if pend.dim() != 2 or pend.shape[0] != B or not 1 <= pend.shape[1] <= W:
+        raise ValueError(f"pend must be (B={B}, K) with 1 <= K <= W={W}, got shape {tuple(pend.shape)}")
+    if out_ids.dim() != 3 or out_ids.shape[0] != B or out_ids.shape[2] != W:
+        raise ValueError(f"out_ids must be (B={B}, T, W={W}), got shape {tuple(out_ids.shape)}")
+    if tuple(out_n.shape) != (out_ids.shape[1],):
+        raise ValueError(f"out_n must have shape ({out_ids.shape[1]},), got {tuple(out_n.shape)}")
+    for name in ("key_valid", "count", "pend", "pend_len", "out_ids", "out_n"):
+        if not args[name][0].is_contiguous():
+            raise ValueError(f"{name} is updated in place and must be contiguous")
+
+
+def frame_end(fids: torch.Tensor, n: torch.Tensor, frame_start: torch.Tensor, t: torch.Tensor,
+              key_valid: torch.Tensor, count: torch.Tensor, pend: torch.Tensor, pend_len: torch.Tensor,
+              out_ids: torch.Tensor, out_n: torch.Tensor, eos: int) -> None:
+    """End frame t of a batch in place (spec §5.6); every tensor int64 except key_valid (bool).
+
+    fids (B, W): the frame's ids (W >= the frame's slot count n, a 1-element tensor, clamped to [0, W]);
+    K = pend.shape[1] is the chunk size, and the frame's first fed = K * floor((n - 1) / K) ids are the
+    chunks already fed at cache slots frame_start .. frame_start + fed - 1. Updates: key_valid (B, L) at those
+    slots = (id != eos), so pads stay invisible to later frames; count (B,) += the real ids among them; pend
+    (B, K) = ids fed .. n-1 (the last chunk, fed with the next frame's prefill), then eos; pend_len = n - fed;
+    out_ids[:, t] = fids (out_ids (B, T, W)) and out_n[t] = n. Slots outside the cache and t outside
+    [0, T) are skipped. n, frame_start and t are never read on the host: CUDA-graph capturable.
+    """
+    _check_frame_end_args(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n, eos)
+    if _use_compiled(fids):
+        torch.ops.autogaze_ext.frame_end(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids,
+                                         out_n, eos)
+    else:
+        frame_end_reference(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n, eos)
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("autogaze_ext::frame_end")
+    def _frame_end_fake(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n, eos):
+        return None

@@ -1,0 +1,102 @@
+// CPU kernel of frame_end (the bookkeeping at the end of a frame of the fast decoding path, spec §5.6): also
+// the oracle the CUDA kernel is tested against. The argument checks live here (ops.h is shared).
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "ops.h"
+
+namespace autogaze_ext {
+
+namespace {
+
+void check_one(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Tensor& fids) {
+  TORCH_CHECK(t.scalar_type() == dtype, "frame_end: ", name, " must be ", dtype, ", got ", t.scalar_type());
+  TORCH_CHECK(t.device() == fids.device(), "frame_end: ", name, " is on ", t.device(), " but fids on ",
+              fids.device());
+}
+
+void check_scalar(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.numel() == 1, "frame_end: ", name, " must hold one element, got shape ", t.sizes());
+}
+
+void check_in_place(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_contiguous(), "frame_end: ", name, " is updated in place and must be contiguous");
+}
+
+}  // namespace
+
+void check_frame_end_inputs(const at::Tensor& fids, const at::Tensor& n, const at::Tensor& frame_start,
+                            const at::Tensor& t, const at::Tensor& key_valid, const at::Tensor& count,
+                            const at::Tensor& pend, const at::Tensor& pend_len, const at::Tensor& out_ids,
+                            const at::Tensor& out_n) {
+  check_one(fids, "fids", at::kLong, fids);
+  TORCH_CHECK(fids.dim() == 2 && fids.size(1) >= 1, "frame_end: fids must be (B, W) with W >= 1, got ",
+              fids.sizes());
+  const int64_t B = fids.size(0), W = fids.size(1);
+  for (auto [x, name] : {std::pair{&n, "n"}, {&frame_start, "frame_start"}, {&t, "t"}, {&pend_len, "pend_len"}}) {
+    check_one(*x, name, at::kLong, fids);
+    check_scalar(*x, name);
+  }
+  check_one(key_valid, "key_valid", at::kBool, fids);
+  TORCH_CHECK(key_valid.dim() == 2 && key_valid.size(0) == B, "frame_end: key_valid must be (B=", B,
+              ", L), got ", key_valid.sizes());
+  check_one(count, "count", at::kLong, fids);
+  TORCH_CHECK(count.dim() == 1 && count.size(0) == B, "frame_end: count must be (B=", B, "), got ", count.sizes());
+  check_one(pend, "pend", at::kLong, fids);
+  TORCH_CHECK(pend.dim() == 2 && pend.size(0) == B && pend.size(1) >= 1 && pend.size(1) <= W,
+              "frame_end: pend must be (B=", B, ", K) with 1 <= K <= W=", W, ", got ", pend.sizes());
+  check_one(out_ids, "out_ids", at::kLong, fids);
+  TORCH_CHECK(out_ids.dim() == 3 && out_ids.size(0) == B && out_ids.size(2) == W,
+              "frame_end: out_ids must be (B=", B, ", T, W=", W, "), got ", out_ids.sizes());
+  check_one(out_n, "out_n", at::kLong, fids);
+  TORCH_CHECK(out_n.dim() == 1 && out_n.size(0) == out_ids.size(1), "frame_end: out_n must be (T=",
+              out_ids.size(1), "), got ", out_n.sizes());
+  for (auto [x, name] : {std::pair{&key_valid, "key_valid"}, {&count, "count"}, {&pend, "pend"},
+                         {&pend_len, "pend_len"}, {&out_ids, "out_ids"}, {&out_n, "out_n"}}) {
+    check_in_place(*x, name);
+  }
+}
+
+namespace {
+
+void frame_end_cpu(const at::Tensor& fids_in, const at::Tensor& n, const at::Tensor& frame_start,
+                   const at::Tensor& t, at::Tensor& key_valid, at::Tensor& count, at::Tensor& pend,
+                   at::Tensor& pend_len, at::Tensor& out_ids, at::Tensor& out_n, int64_t eos) {
+  check_frame_end_inputs(fids_in, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n);
+  TORCH_CHECK(fids_in.device().is_cpu(), "frame_end_cpu expects CPU tensors");
+  const at::Tensor fids = fids_in.contiguous();
+  const int64_t B = fids.size(0), W = fids.size(1), L = key_valid.size(1), K = pend.size(1);
+  const int64_t T = out_ids.size(1);
+  const int64_t nn = std::clamp<int64_t>(n.item<int64_t>(), 0, W);  // the documented clamp
+  const int64_t fed = K * (std::max<int64_t>(nn - 1, 0) / K);
+  const int64_t s0 = frame_start.item<int64_t>(), tt = t.item<int64_t>();
+  const int64_t* f = fids.const_data_ptr<int64_t>();
+  bool* kv = key_valid.data_ptr<bool>();
+  int64_t* cnt = count.data_ptr<int64_t>();
+  int64_t* pd = pend.data_ptr<int64_t>();
+  int64_t* oi = out_ids.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t* row = f + b * W;
+    int64_t real = 0;
+    for (int64_t j = 0; j < fed; ++j) {
+      const bool is_real = row[j] != eos;
+      real += is_real;
+      // slots outside the cache are skipped (the caller sizes the cache so that they never occur)
+      if (s0 >= 0 && s0 < L && j < L - s0) kv[b * L + s0 + j] = is_real;
+    }
+    cnt[b] += real;
+    for (int64_t k = 0; k < K; ++k) pd[b * K + k] = k < nn - fed ? row[fed + k] : eos;
+    if (tt >= 0 && tt < T) std::copy(row, row + W, oi + (b * T + tt) * W);
+  }
+  pend_len.data_ptr<int64_t>()[0] = nn - fed;
+  if (tt >= 0 && tt < T) out_n.data_ptr<int64_t>()[tt] = nn;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("frame_end", &frame_end_cpu); }
+
+}  // namespace autogaze_ext
