@@ -1,15 +1,91 @@
-"""frame_end: the bookkeeping at the end of a frame of the fast decoding path (spec §5.6).
+"""frame_begin / frame_end: the bookkeeping around each frame of the fast decoding path (spec §5.1, §5.6).
 
-Python face of torch.ops.autogaze_ext.frame_end: argument checks, fake kernel, and the pure-PyTorch
-reference (what ``FastGazeRunner.end_frame`` in model/fast.py runs when the compiled ops are absent), which
-is also the fallback when the compiled kernel for the tensors' device is missing.
+Python face of torch.ops.autogaze_ext.frame_begin and frame_end: argument checks, fake kernels, and the
+pure-PyTorch references (what ``FastGazeRunner.prefill`` and ``end_frame`` in model/fast.py run when the
+compiled ops are absent), which are also the fallback when the compiled kernel for the tensors' device is
+missing.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ._ops import HAS_EXTENSION, _check_tensor, _use_compiled
+
+
+def frame_begin_reference(pend: torch.Tensor, pend_len: torch.Tensor, vision: torch.Tensor, t: torch.Tensor,
+                          embed_weight: torch.Tensor, start: torch.Tensor, key_valid: torch.Tensor,
+                          count: torch.Tensor, tail_pos: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pure-PyTorch frame_begin (no argument checks) for in-range device values: 0 <= t < T, pending ids in
+    the table, start + K + NV <= L (the kernels give zero rows and skip slots outside; this would raise)."""
+    B, K = pend.shape
+    NV = vision.shape[2]
+    karange = torch.arange(K, device=pend.device)
+    x = torch.cat([F.embedding(pend, embed_weight), vision.index_select(1, t.reshape(1)).squeeze(1)], dim=1)
+    pend_valid = (karange[None, :] < pend_len.reshape(1)) & (pend != eos)
+    valid = torch.cat([pend_valid, torch.ones(B, NV, dtype=torch.bool, device=pend.device)], dim=1)
+    positions = count[:, None] + valid.long().cumsum(1) - 1
+    key_valid.index_copy_(1, start.reshape(1) + torch.arange(K + NV, device=pend.device), valid)
+    count.add_(valid.sum(1))
+    tail_pos.copy_(positions[:, K + NV - tail_pos.shape[1]:])
+    return x, positions
+
+
+def _check_frame_begin_args(pend, pend_len, vision, t, embed_weight, start, key_valid, count, tail_pos,
+                            eos) -> None:
+    _check_tensor(pend, "pend", torch.int64)
+    if pend.dim() != 2 or not 1 <= pend.shape[1] <= 1024:
+        raise ValueError(f"pend must be (B, K) with 1 <= K <= 1024, got shape {tuple(pend.shape)}")
+    B, K = pend.shape
+    if isinstance(eos, bool) or not isinstance(eos, int):
+        raise TypeError(f"eos must be an int, got {type(eos).__name__}")
+    args = {"pend_len": (pend_len, torch.int64), "vision": (vision, torch.float32), "t": (t, torch.int64),
+            "embed_weight": (embed_weight, torch.float32), "start": (start, torch.int64),
+            "key_valid": (key_valid, torch.bool), "count": (count, torch.int64), "tail_pos": (tail_pos, torch.int64)}
+    for name, (x, dtype) in args.items():
+        _check_tensor(x, name, dtype)
+        if x.device != pend.device:
+            raise ValueError(f"{name} is on {x.device} but pend on {pend.device}")
+    for name in ("pend_len", "t", "start"):
+        if args[name][0].numel() != 1:
+            raise ValueError(f"{name} must hold one element, got shape {tuple(args[name][0].shape)}")
+    if vision.dim() != 4 or vision.shape[0] != B or vision.shape[1] < 1:
+        raise ValueError(f"vision must be (B={B}, T, NV, hidden) with T >= 1, got shape {tuple(vision.shape)}")
+    D = vision.shape[3]
+    if embed_weight.dim() != 2 or embed_weight.shape[0] < 1 or embed_weight.shape[1] != D:
+        raise ValueError(f"embed_weight must be (vocab, hidden={D}), got shape {tuple(embed_weight.shape)}")
+    if key_valid.dim() != 2 or key_valid.shape[0] != B:
+        raise ValueError(f"key_valid must be (B={B}, L), got shape {tuple(key_valid.shape)}")
+    if tuple(count.shape) != (B,):
+        raise ValueError(f"count must have shape ({B},), got {tuple(count.shape)}")
+    P = K + vision.shape[2]
+    if tail_pos.dim() != 2 or tail_pos.shape[0] != B or not 1 <= tail_pos.shape[1] <= P:
+        raise ValueError(f"tail_pos must be (B={B}, n) with 1 <= n <= K + NV = {P}, got shape {tuple(tail_pos.shape)}")
+    for name in ("key_valid", "count", "tail_pos"):
+        if not args[name][0].is_contiguous():
+            raise ValueError(f"{name} is updated in place and must be contiguous")
+
+
+def frame_begin(pend: torch.Tensor, pend_len: torch.Tensor, vision: torch.Tensor, t: torch.Tensor,
+                embed_weight: torch.Tensor, start: torch.Tensor, key_valid: torch.Tensor, count: torch.Tensor,
+                tail_pos: torch.Tensor, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefill input of frame t (spec §5.1, §5.6); returns x (B, K + NV, hidden) and positions (B, K + NV).
+
+    pend (B, K) int64: the previous frame's last chunk (eos pads; only k < pend_len counts), vision (B, T, NV,
+    hidden) float32 with frame t's vision tokens, embed_weight (vocab, hidden) the token embedding. x = the
+    pending ids' embeddings then the vision tokens; a token is valid if it is a vision token or a pending id
+    k < pend_len that is not eos; positions = count + (valid tokens up to and including it) - 1. In place:
+    key_valid (B, L) at slots start .. start + K + NV - 1 = validity; count (B,) += valid tokens; tail_pos
+    (B, n) = the last n positions (the stale positions of the frame's decode steps, spec §5.6). Ids outside
+    the table and t outside [0, T) give zero rows, slots outside the cache are skipped. pend_len, t and start
+    are never read on the host: CUDA-graph capturable.
+    """
+    _check_frame_begin_args(pend, pend_len, vision, t, embed_weight, start, key_valid, count, tail_pos, eos)
+    if _use_compiled(pend):
+        return torch.ops.autogaze_ext.frame_begin(pend, pend_len, vision, t, embed_weight, start, key_valid, count,
+                                                  tail_pos, eos)
+    return frame_begin_reference(pend, pend_len, vision, t, embed_weight, start, key_valid, count, tail_pos, eos)
 
 
 def frame_end_reference(fids: torch.Tensor, n: torch.Tensor, frame_start: torch.Tensor, t: torch.Tensor,
@@ -91,6 +167,12 @@ def frame_end(fids: torch.Tensor, n: torch.Tensor, frame_start: torch.Tensor, t:
 
 
 if HAS_EXTENSION:
+
+    @torch.library.register_fake("autogaze_ext::frame_begin")
+    def _frame_begin_fake(pend, pend_len, vision, t, embed_weight, start, key_valid, count, tail_pos, eos):
+        B, K = pend.shape
+        P = K + vision.shape[2]
+        return vision.new_empty((B, P, vision.shape[3])), pend.new_empty((B, P))
 
     @torch.library.register_fake("autogaze_ext::frame_end")
     def _frame_end_fake(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n, eos):

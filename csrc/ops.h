@@ -34,6 +34,11 @@ inline ScaleLayout make_scale_layout(at::IntArrayRef grids) {
   return L;
 }
 
+// frame_begin (defined in cpu/frame_begin.cpp): the checks both backends share.
+void check_frame_begin_inputs(const at::Tensor& pend, const at::Tensor& pend_len, const at::Tensor& vision,
+                              const at::Tensor& t, const at::Tensor& embed_weight, const at::Tensor& start,
+                              const at::Tensor& key_valid, const at::Tensor& count, const at::Tensor& tail_pos);
+
 // frame_end (defined in cpu/frame_end.cpp): the checks both backends share.
 void check_frame_end_inputs(const at::Tensor& fids, const at::Tensor& n, const at::Tensor& frame_start,
                             const at::Tensor& t, const at::Tensor& key_valid, const at::Tensor& count,

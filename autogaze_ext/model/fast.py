@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .._ops_decoder import chain_layers
-from .._ops_frame import frame_end_reference
+from .._ops_frame import frame_begin_reference, frame_end_reference
 from .._ops_linear import fused_linear_reference
 from .._ops_select import select_step_reference
 from .decoder import GazeDecoder, apply_rope, rope_cos_sin
@@ -33,7 +33,8 @@ from .decoder import GazeDecoder, apply_rope, rope_cos_sin
 _NEG_INF = float("-inf")
 
 
-_OPS = ("fused_linear", "rope_cache_write", "cache_attention", "select_step", "decoder_layers", "frame_end")
+_OPS = ("fused_linear", "rope_cache_write", "cache_attention", "select_step", "decoder_layers", "frame_begin",
+        "frame_end")
 
 
 def custom_ops_available(device: torch.device) -> bool:
@@ -117,7 +118,6 @@ class FastGazeRunner:
         self.out_ids = torch.full((B, n_frames, self.max_ids + K), self.eos, device=dev, dtype=torch.long)
         self.out_n = z(n_frames, dtype=torch.long)
         self.karange = torch.arange(K, device=dev)
-        self.parange = torch.arange(self.P, device=dev)
 
         self._side = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         if use_graphs is None:
@@ -233,19 +233,12 @@ class FastGazeRunner:
     # ------------------------------------------------------------------ phases
     def prefill(self) -> None:
         """Feed the pending chunk (holes masked) and frame t's vision tokens; start frame t."""
-        B, K = self.B, self.K
         self._fork(self._reset_frame_state)  # touches nothing the layers read
-        emb = self.dec.model.embed_tokens
-        vis = self.vision.index_select(1, self.t).squeeze(1)
-        x = torch.cat([emb(self.pend), vis], dim=1)
-        pend_valid = (self.karange[None, :] < self.pend_len) & (self.pend != self.eos)
-        valid = torch.cat([pend_valid, torch.ones(B, self.NV, dtype=torch.bool, device=x.device)], dim=1)
-        positions = self.count[:, None] + valid.long().cumsum(1) - 1
-        slots = self.seq + self.parange
-        self.kvalid.index_copy_(1, slots, valid)
+        begin = torch.ops.autogaze_ext.frame_begin if self.use_ops else frame_begin_reference
+        # tail_pos: the stale positions of every in-frame step (spec §5.6)
+        x, positions = begin(self.pend, self.pend_len, self.vision, self.t, self.dec.model.embed_tokens.weight,
+                             self.seq, self.kvalid, self.count, self.tail_pos, self.eos)
         self.h.copy_(self._forward(x, positions, self.seq))
-        self.count.add_(valid.sum(1))
-        self.tail_pos.copy_(positions[:, -K:])  # stale positions of every in-frame step (spec §5.6)
         self.seq.add_(self.P)
         self.frame_start.copy_(self.seq)
         self._join()
