@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 #include <tuple>
 
 #include "ops.h"
@@ -36,6 +37,8 @@ void check_frame_begin_inputs(const at::Tensor& pend, const at::Tensor& pend_len
   TORCH_CHECK(vision.dim() == 4 && vision.size(0) == B && vision.size(1) >= 1,
               "frame_begin: vision must be (B=", B, ", T, NV, hidden) with T >= 1, got ", vision.sizes());
   const int64_t D = vision.size(3);
+  TORCH_CHECK(B * (K + vision.size(2)) <= std::numeric_limits<int32_t>::max(),
+              "frame_begin: B * (K + NV) must be below 2^31, got B=", B, ", K + NV=", K + vision.size(2));
   check_one(embed_weight, "embed_weight", at::kFloat, pend);
   TORCH_CHECK(embed_weight.dim() == 2 && embed_weight.size(0) >= 1 && embed_weight.size(1) == D,
               "frame_begin: embed_weight must be (vocab, hidden=", D, "), got ", embed_weight.sizes());

@@ -22,7 +22,7 @@ struct FrameBeginArgs {
   int64_t batch, chunk, frames, vision_tokens, hidden, vocab, cache_len, tail, eos;  // B, K, T, NV, D, V, L, NT
 };
 
-// Enqueues the kernel on `stream` (no host sync; capturable). chunk <= 1024.
+// Enqueues the kernels on `stream` (no host sync; capturable). chunk <= 1024, batch * (chunk + NV) < 2^31.
 cudaError_t launch_frame_begin(const FrameBeginArgs& a, cudaStream_t stream);
 
 }  // namespace autogaze_ext
