@@ -69,45 +69,39 @@ def test_fast_rejects_what_it_cannot_do():
         m.generate(v, gazing_ratio=0.1, backend="gpu")
 
 
-@pytest.mark.parametrize("req", [None, 0.02])
-def test_fast_runner_ops_and_torch_paths_agree(req):
-    """The compiled decoder ops and the PyTorch ops inside the fast runner make the same choices."""
+def _runner_decode(model_seed: int, caps: list, video_seed: int, req=None, use_ops: bool = True):
+    """(ids, counts) of a fresh FastGazeRunner (no graphs) on B=2 random clips; the runner's class knobs as the
+    caller left them. Skips when the compiled decoder ops are not built."""
     from autogaze_ext.model.fast import FastGazeRunner, _slot_budget, custom_ops_available
 
     if not custom_ops_available(torch.device("cpu")):
         pytest.skip("compiled decoder ops not built")
-    m = _model(5)
-    B, caps = 2, [30, 12, 25]
-    video = random_video(B, 3, seed=50)
-    vision, _ = m.gazing_model.embed_video(video)
-    reqs = None if req is None else torch.full((B, 3), req)
-    outs = []
-    for use_ops in (False, True):
-        r = FastGazeRunner(m.gazing_model.gaze_decoder, B, 3, vision.shape[2], _slot_budget(caps, 196, 10),
-                           use_graphs=False, use_ops=use_ops)
-        with torch.no_grad():
-            outs.append(r.decode(vision, caps, reqs))
+    m = _model(model_seed)
+    B, T = 2, len(caps)
+    vision, _ = m.gazing_model.embed_video(random_video(B, T, seed=video_seed))
+    reqs = None if req is None else torch.full((B, T), req)
+    r = FastGazeRunner(m.gazing_model.gaze_decoder, B, T, vision.shape[2], _slot_budget(caps, 196, 10),
+                       use_graphs=False, use_ops=use_ops)
+    with torch.no_grad():
+        return r.decode(vision, caps, reqs)
+
+
+@pytest.mark.parametrize("req", [None, 0.02])
+def test_fast_runner_ops_and_torch_paths_agree(req):
+    """The compiled decoder ops and the PyTorch ops inside the fast runner make the same choices."""
+    outs = [_runner_decode(5, [30, 12, 25], 50, req, use_ops) for use_ops in (False, True)]
     assert torch.equal(outs[0][1], outs[1][1]) and torch.equal(outs[0][0], outs[1][0])
 
 
 def test_fast_runner_cublas_projections_agree(monkeypatch):
     """The many-row projection path (PyTorch's RMSNorm + cuBLAS, taken above FUSED_LINEAR_MAX_ROWS rows) makes
     the same choices as the fused op; the thresholds are lowered so that a small batch takes it."""
-    from autogaze_ext.model.fast import FastGazeRunner, _slot_budget, custom_ops_available
+    from autogaze_ext.model.fast import FastGazeRunner
 
-    if not custom_ops_available(torch.device("cpu")):
-        pytest.skip("compiled decoder ops not built")
-    m = _model(6)
-    B, caps = 2, [40, 12, 21]
-    video = random_video(B, 3, seed=51)
-    vision, _ = m.gazing_model.embed_video(video)
     outs = []
     for max_rows in (2048, 8):
         monkeypatch.setattr(FastGazeRunner, "FUSED_LINEAR_MAX_ROWS", max_rows)
         monkeypatch.setattr(FastGazeRunner, "LAYERS_OP_MAX_ROWS", 0)  # chain the ops here, through _linear
-        r = FastGazeRunner(m.gazing_model.gaze_decoder, B, 3, vision.shape[2], _slot_budget(caps, 196, 10),
-                           use_graphs=False, use_ops=True)
-        with torch.no_grad():
-            outs.append(r.decode(vision, caps, None))
+        outs.append(_runner_decode(6, [40, 12, 21], 51))
     assert torch.equal(outs[0][1], outs[1][1]) and torch.equal(outs[0][0], outs[1][0])
     assert outs[0][1].tolist() == [40, 12, 21]
