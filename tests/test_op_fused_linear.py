@@ -245,6 +245,19 @@ def test_cuda_flags(M, norm, res, swiglu):
 @pytest.mark.cuda
 @cuda
 @needs_ext
+@pytest.mark.parametrize("norm,res", [(False, False), (True, True), (True, False)])
+# wide outputs at tens to hundreds of rows: the k-split tiles (4 warp groups up to one 16x64 tile per SM,
+# 2 groups up to two), at the smallest and largest K they take and odd M / N; then just past their range
+@pytest.mark.parametrize("M,K,N,swiglu", [(17, 16, 512, False), (37, 384, 576, False), (150, 48, 600, True),
+                                          (206, 384, 1030, True), (300, 192, 580, False), (206, 192, 2670, False)])
+def test_cuda_ksplit_tiles(M, K, N, swiglu, norm, res):
+    _cuda_ready()
+    _cuda_case(M + K + N, M, K, N, swiglu, norm, res)
+
+
+@pytest.mark.cuda
+@cuda
+@needs_ext
 @pytest.mark.parametrize("K", [1, 3, 7, 33, 100, 1000, MAX_K])
 @pytest.mark.parametrize("M,N,swiglu", [(1, 1, False), (19, 70, True), (700, 13, False), (3000, 130, True)])
 def test_cuda_odd_sizes(K, M, N, swiglu):

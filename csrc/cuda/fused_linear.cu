@@ -350,7 +350,7 @@ cudaError_t dispatch(const float* x, const float* w, const float* nw, float eps,
   // M = 17..150 qkv and gate/up 10-14 -> 7-9 us. The 192-wide outputs (o, down) are as fast or faster on
   // the small tile, whose 16 x 16 blocks spread over more SMs.
   const int64_t ks_blocks = blocks(KSplit4::BM, KSplit4::BNW / P);
-  if (K % (4 * KSplit4::KS) == 0 && K <= kKSplitMaxK && n_out >= 256 && ks_blocks <= 2 * sms) {
+  if (K % KSplit4::K_ALIGN == 0 && K <= kKSplitMaxK && n_out >= 256 && ks_blocks <= 2 * sms) {
     if (ks_blocks <= sms) return launch_ksplit<KSplit4, P>(x, w, nw, eps, res, out, M, K, n_out, stream);
     return launch_ksplit<KSplit2, P>(x, w, nw, eps, res, out, M, K, n_out, stream);
   }
