@@ -1,6 +1,6 @@
 """A short fast-path decode for compute-sanitizer (memcheck): every compiled decoder op runs (decode steps at
-B=2 through the persistent decoder_layers kernel),
-eagerly and as CUDA graphs, plus fused_linear on the row counts of its other tiles. Usage: compute-sanitizer --tool memcheck python3 benchmarks/sanitize_fast.py"""
+B=2 through the persistent decoder_layers kernel), eagerly and as CUDA graphs, plus fused_linear on the row
+counts of its other tiles. Usage: compute-sanitizer --tool memcheck python3 benchmarks/sanitize_fast.py"""
 import torch
 
 import autogaze_ext as ag
