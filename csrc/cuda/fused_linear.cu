@@ -12,6 +12,7 @@
 #include <atomic>
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "cuda/async_copy.cuh"
 #include "cuda/fused_linear.h"
@@ -43,6 +44,57 @@ using MediumTile = Tile<32, 64, 4, 4, 32, 3, 3>;  // 128 threads, 41 KB smem, 4x
 // 8x8 micro-tiles, ~250 registers: 2 blocks (8 warps) per SM. A tighter register cap spills (ptxas hoists
 // all shared loads of the unrolled tile).
 using LargeTile = Tile<64, 128, 8, 8, 16, 3, 2>;
+
+// One k-step of 4 of a thread's TM x TNW micro-tile: x rows ty + i TY (row stride ld) times weight rows
+// (j / TNO) BNO + tx + (j % TNO) TX, k .. k+3. Each accumulator sums k in increasing order: a plain fp32
+// dot product. Ld: int, or std::integral_constant where the stride is known at compile time.
+template <int TM, int TNW, int TNO, int BNO, int TX, int TY, class Ld>
+__device__ __forceinline__ void fma_k4(const float* xs, const float* ws, Ld ld, int k, int tx, int ty,
+                                       float (&acc)[TM][TNW]) {
+  float4 a[TM];
+#pragma unroll
+  for (int i = 0; i < TM; ++i) a[i] = *reinterpret_cast<const float4*>(xs + (ty + i * TY) * ld + k);
+#pragma unroll
+  for (int j = 0; j < TNW; ++j) {
+    const int row = (j / TNO) * BNO + tx + (j % TNO) * TX;
+    const float4 b = *reinterpret_cast<const float4*>(ws + row * ld + k);
+#pragma unroll
+    for (int i = 0; i < TM; ++i) {
+      float s = acc[i][j];
+      s = fmaf(a[i].x, b.x, s);
+      s = fmaf(a[i].y, b.y, s);
+      s = fmaf(a[i].z, b.z, s);
+      s = fmaf(a[i].w, b.w, s);
+      acc[i][j] = s;
+    }
+  }
+}
+
+// Epilogue of a micro-tile: [SwiGLU of the gate / up accumulator pair] [+ residual], rows m0 + ty + i TY,
+// columns n0 + tx + j TX; consecutive threads write consecutive columns (coalesced).
+template <int P, int TM, int TNW, int TX, int TY>
+__device__ __forceinline__ void store_tile(const float (&acc)[TM][TNW], int64_t m0, int n0, int tx, int ty, int64_t M,
+                                           int n_out, const float* __restrict__ res, float* __restrict__ out) {
+  constexpr int TNO = TNW / P;
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int64_t m = m0 + ty + i * TY;
+    if (m >= M) continue;
+#pragma unroll
+    for (int j = 0; j < TNO; ++j) {
+      const int c = n0 + tx + j * TX;
+      if (c >= n_out) continue;
+      float v = acc[i][j];
+      if constexpr (P == 2) {
+        const float g = acc[i][j], u = acc[i][TNO + j];
+        v = g / (1.0f + expf(-g)) * u;
+      }
+      const int64_t o = m * n_out + c;
+      if (res != nullptr) v = res[o] + v;
+      out[o] = v;
+    }
+  }
+}
 
 // P = 2 for swiglu (gate + up accumulators per output column), else 1. VEC = floats per cp.async: 4 needs
 // K % 4 == 0 and 16-byte aligned x and weight, 1 works for anything.
@@ -129,47 +181,10 @@ __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
     }
 
 #pragma unroll
-    for (int k = 0; k < BK; k += 4) {
-      float4 a[TM];
-#pragma unroll
-      for (int i = 0; i < TM; ++i) a[i] = *reinterpret_cast<const float4*>(xs + (ty + i * TY) * LDK + k);
-#pragma unroll
-      for (int j = 0; j < TNW; ++j) {
-        const int row = (j / TNO) * BNO + tx + (j % TNO) * TX;
-        const float4 b = *reinterpret_cast<const float4*>(ws + row * LDK + k);
-        // Each accumulator sums k in increasing order: a plain fp32 dot product.
-#pragma unroll
-        for (int i = 0; i < TM; ++i) {
-          float s = acc[i][j];
-          s = fmaf(a[i].x, b.x, s);
-          s = fmaf(a[i].y, b.y, s);
-          s = fmaf(a[i].z, b.z, s);
-          s = fmaf(a[i].w, b.w, s);
-          acc[i][j] = s;
-        }
-      }
-    }
+    for (int k = 0; k < BK; k += 4)
+      fma_k4<TM, TNW, TNO, BNO, TX, TY>(xs, ws, std::integral_constant<int, LDK>{}, k, tx, ty, acc);
   }
-
-  // Epilogue: consecutive threads write consecutive columns (coalesced).
-#pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    const int64_t m = m0 + ty + i * TY;
-    if (m >= M) continue;
-#pragma unroll
-    for (int j = 0; j < TNO; ++j) {
-      const int c = n0 + tx + j * TX;
-      if (c >= n_out) continue;
-      float v = acc[i][j];
-      if constexpr (P == 2) {
-        const float g = acc[i][j], u = acc[i][TNO + j];
-        v = g / (1.0f + expf(-g)) * u;
-      }
-      const int64_t o = m * n_out + c;
-      if (res != nullptr) v = res[o] + v;
-      out[o] = v;
-    }
-  }
+  store_tile<P, TM, TNW, TX, TY>(acc, m0, n0, tx, ty, M, n_out, res, out);
 }
 
 template <class T, int P, int VEC>
@@ -194,7 +209,7 @@ struct KSplitTile {
   static constexpr int BM = BM_, BNW = BNW_, TM = TM_, TNW = TNW_, KS = KS_;
   static constexpr int TY = BM / TM, TX = BNW / TNW, GROUP = TX * TY, THREADS = KS * GROUP;
   static_assert(TX % 8 == 0 && BM % TM == 0 && BNW % TNW == 0 && TNW % 2 == 0, "tile shape");
-  static constexpr int K_ALIGN = 4 * KS;  // whole float4s per group
+  static constexpr int k_align() { return 4 * KS; }  // K a multiple of it: whole float4s per group
   // Padded rows (K + 4 = 4 mod 32 for K % 32 == 0): 8 lanes reading 8 rows at one k hit distinct banks.
   static constexpr int ld(int K) { return K + 4; }
   static constexpr size_t smem_bytes(int K) {
@@ -263,25 +278,7 @@ __global__ void __launch_bounds__(T::THREADS, 1)
     for (int j = 0; j < TNW; ++j) acc[i][j] = 0.0f;
   const int KQ = K / T::KS, kb = grp * KQ;
 #pragma unroll 4
-  for (int k = kb; k < kb + KQ; k += 4) {
-    float4 a[TM];
-#pragma unroll
-    for (int i = 0; i < TM; ++i) a[i] = *reinterpret_cast<const float4*>(xs + (ty + i * TY) * LD + k);
-#pragma unroll
-    for (int j = 0; j < TNW; ++j) {
-      const int row = (j / TNO) * BNO + tx + (j % TNO) * TX;
-      const float4 b = *reinterpret_cast<const float4*>(ws + row * LD + k);
-#pragma unroll
-      for (int i = 0; i < TM; ++i) {
-        float s = acc[i][j];
-        s = fmaf(a[i].x, b.x, s);
-        s = fmaf(a[i].y, b.y, s);
-        s = fmaf(a[i].z, b.z, s);
-        s = fmaf(a[i].w, b.w, s);
-        acc[i][j] = s;
-      }
-    }
-  }
+  for (int k = kb; k < kb + KQ; k += 4) fma_k4<TM, TNW, TNO, BNO, TX, TY>(xs, ws, LD, k, tx, ty, acc);
   // Groups 1.. park their partial tiles (over the staged tiles, now read by everyone); group 0 adds them.
   __syncthreads();
   float* part = xs;
@@ -299,25 +296,7 @@ __global__ void __launch_bounds__(T::THREADS, 1)
     for (int i = 0; i < TM; ++i)
 #pragma unroll
       for (int j = 0; j < TNW; ++j) acc[i][j] += part[(((g - 1) * TM + i) * TNW + j) * GROUP + gt];
-
-#pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    const int64_t m = m0 + ty + i * TY;
-    if (m >= M) continue;
-#pragma unroll
-    for (int j = 0; j < TNO; ++j) {
-      const int c = n0 + tx + j * TX;
-      if (c >= n_out) continue;
-      float v = acc[i][j];
-      if constexpr (P == 2) {
-        const float g = acc[i][j], u = acc[i][TNO + j];
-        v = g / (1.0f + expf(-g)) * u;
-      }
-      const int64_t o = m * n_out + c;
-      if (res != nullptr) v = res[o] + v;
-      out[o] = v;
-    }
-  }
+  store_tile<P, TM, TNW, TX, TY>(acc, m0, n0, tx, ty, M, n_out, res, out);
 }
 
 template <class T, int P>
@@ -350,7 +329,7 @@ cudaError_t dispatch(const float* x, const float* w, const float* nw, float eps,
   // M = 17..150 qkv and gate/up 10-14 -> 7-9 us. The 192-wide outputs (o, down) are as fast or faster on
   // the small tile, whose 16 x 16 blocks spread over more SMs.
   const int64_t ks_blocks = blocks(KSplit4::BM, KSplit4::BNW / P);
-  if (K % KSplit4::K_ALIGN == 0 && K <= kKSplitMaxK && n_out >= 256 && ks_blocks <= 2 * sms) {
+  if (K % KSplit4::k_align() == 0 && K <= kKSplitMaxK && n_out >= 256 && ks_blocks <= 2 * sms) {
     if (ks_blocks <= sms) return launch_ksplit<KSplit4, P>(x, w, nw, eps, res, out, M, K, n_out, stream);
     return launch_ksplit<KSplit2, P>(x, w, nw, eps, res, out, M, K, n_out, stream);
   }
