@@ -63,7 +63,7 @@ class FastGazeRunner:
         cfg = decoder.cfg
         p = next(decoder.parameters())
         dev, dt = p.device, p.dtype
-        self.dec, self.B, self.T, self.NV = decoder, batch, n_frames, n_vision
+        self.dec, self.B, self.T = decoder, batch, n_frames
         self.K, self.eos, self.vocab = cfg.num_multi_token_pred, cfg.eos_token_id, cfg.vocab_size
         self.H, self.d, self.D = cfg.num_heads, cfg.head_dim, cfg.hidden_size
         self.kvh = cfg.num_kv_heads
