@@ -283,7 +283,9 @@ class FastGazeRunner:
         the frame); when ``feed`` is false nothing observable changes."""
         B, K = self.B, self.K
         self.kvalid.index_copy_(1, self.seq + self.karange, feed.expand(B, K))
-        h = self._forward(self.dec.model.embed_tokens(chunk), self.tail_pos, self.seq)
+        # a gather by advanced indexing: for 10 ids the embedding module's index_select kernel took 5.8-6.9 us
+        # on an H100, the gather kernel this launches 1.5-1.6 us (kernel trace of the step graph)
+        h = self._forward(self.dec.model.embed_tokens.weight[chunk], self.tail_pos, self.seq)
         torch.where(feed, h, self.h, out=self.h)  # elementwise: writing over an input is safe
         self.seq.add_(feed.long(), alpha=K)
 
