@@ -54,6 +54,12 @@ def _check_tensor(x, name: str, dtype: torch.dtype) -> None:
         raise TypeError(f"{name} must have dtype {dtype}, got {x.dtype}")
 
 
+def _check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor) -> None:
+    for name, t in others.items():
+        if t.device != ref.device:
+            raise ValueError(f"{name} is on {t.device} but {ref_name} on {ref.device}")
+
+
 def _check_bool(x, name: str) -> bool:
     if not isinstance(x, bool):
         raise TypeError(f"{name} must be a bool, got {type(x).__name__}")

@@ -13,16 +13,10 @@ import math
 
 import torch
 
-from ._ops import HAS_EXTENSION, _check_int, _check_tensor, _use_compiled
+from ._ops import HAS_EXTENSION, _check_int, _check_same_device, _check_tensor, _use_compiled
 
 MAX_HEAD_DIM = 256
 _START_BOUND = 1 << 40  # any start beyond +-2^40 behaves like the bound; keeps start + i from overflowing
-
-
-def _check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor) -> None:
-    for name, t in others.items():
-        if t.device != ref.device:
-            raise ValueError(f"{name} is on {t.device} but {ref_name} on {ref.device}")
 
 
 def _check_start(start) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._ops import HAS_EXTENSION, _check_tensor, _use_compiled
+from ._ops import HAS_EXTENSION, _check_int, _check_same_device, _check_tensor, _use_compiled
 
 
 def frame_begin_reference(pend: torch.Tensor, pend_len: torch.Tensor, vision: torch.Tensor, t: torch.Tensor,
@@ -38,15 +38,13 @@ def _check_frame_begin_args(pend, pend_len, vision, t, embed_weight, start, key_
     if pend.dim() != 2 or not 1 <= pend.shape[1] <= 1024:
         raise ValueError(f"pend must be (B, K) with 1 <= K <= 1024, got shape {tuple(pend.shape)}")
     B, K = pend.shape
-    if isinstance(eos, bool) or not isinstance(eos, int):
-        raise TypeError(f"eos must be an int, got {type(eos).__name__}")
+    _check_int(eos, "eos", 0)
     args = {"pend_len": (pend_len, torch.int64), "vision": (vision, torch.float32), "t": (t, torch.int64),
             "embed_weight": (embed_weight, torch.float32), "start": (start, torch.int64),
             "key_valid": (key_valid, torch.bool), "count": (count, torch.int64), "tail_pos": (tail_pos, torch.int64)}
     for name, (x, dtype) in args.items():
         _check_tensor(x, name, dtype)
-        if x.device != pend.device:
-            raise ValueError(f"{name} is on {x.device} but pend on {pend.device}")
+    _check_same_device("pend", pend, **{name: x for name, (x, _) in args.items()})
     for name in ("pend_len", "t", "start"):
         if args[name][0].numel() != 1:
             raise ValueError(f"{name} must hold one element, got shape {tuple(args[name][0].shape)}")
@@ -118,15 +116,13 @@ def _check_frame_end_args(fids, n, frame_start, t, key_valid, count, pend, pend_
     if fids.dim() != 2 or fids.shape[1] < 1:
         raise ValueError(f"fids must be (B, W) with W >= 1, got shape {tuple(fids.shape)}")
     B, W = fids.shape
-    if isinstance(eos, bool) or not isinstance(eos, int):
-        raise TypeError(f"eos must be an int, got {type(eos).__name__}")
+    _check_int(eos, "eos", 0)
     args = {"n": (n, torch.int64), "frame_start": (frame_start, torch.int64), "t": (t, torch.int64),
             "key_valid": (key_valid, torch.bool), "count": (count, torch.int64), "pend": (pend, torch.int64),
             "pend_len": (pend_len, torch.int64), "out_ids": (out_ids, torch.int64), "out_n": (out_n, torch.int64)}
     for name, (x, dtype) in args.items():
         _check_tensor(x, name, dtype)
-        if x.device != fids.device:
-            raise ValueError(f"{name} is on {x.device} but fids on {fids.device}")
+    _check_same_device("fids", fids, **{name: x for name, (x, _) in args.items()})
     for name in ("n", "frame_start", "t", "pend_len"):
         if args[name][0].numel() != 1:
             raise ValueError(f"{name} must hold one element, got shape {tuple(args[name][0].shape)}")

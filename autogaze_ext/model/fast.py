@@ -85,7 +85,7 @@ class FastGazeRunner:
             norm_mlp=torch.stack([l.post_attention_layernorm.weight for l in layers_]))
         self.norm_eps = layers_[0].input_layernorm.eps
         self.w_heads = torch.cat([decoder.lm_head.weight, decoder.task_loss_prediction_head.weight])
-        # compiled decoder ops (fused_linear, rope_cache_write, cache_attention, select_step) when built
+        # the compiled decoder ops (_OPS) when built for this device
         self.use_ops = custom_ops_available(dev) if use_ops is None else use_ops
 
         z = lambda *s, **k: torch.zeros(*s, device=dev, **k)  # noqa: E731
