@@ -38,15 +38,15 @@ TORCH_LIBRARY(autogaze_ext, m) {
   // One decode step's token choice on the device (spec §5.4): per-head argmax with bans, pads, task-loss
   // stop, cap; updates the frame state in place and returns the chunk to feed back (B, K).
   m.def("select_step(Tensor logits, Tensor loss_pred, Tensor cap, Tensor req, Tensor has_req, Tensor(a!) banned, Tensor(b!) unfinished, Tensor(c!) fids, Tensor(d!) n, Tensor(e!) first, Tensor(f!) active) -> Tensor");
-  // The end of a frame (spec §5.6): the pads among the frame's fed chunks (its first K*floor((n-1)/K) ids, at
-  // cache slots frame_start..) become invalid keys and its real ids are counted as positions; the last chunk
-  // (ids fed..n-1) becomes pending, padded with eos; the frame's ids and n are stored at frame t of out_ids /
-  // out_n. n, frame_start and t are 1-element int64 tensors on the device, never read on the host.
   // The start of frame t (spec §5.1, §5.6): the prefill input x = [embed_weight[pend], vision[:, t]] (B, K + NV,
   // hidden) and its RoPE positions (count + running count of valid tokens - 1; valid: pending ids k < pend_len
   // that are not eos, and every vision token); writes the validity into key_valid at slots start.., adds the
   // valid tokens to count and keeps the last K positions in tail_pos. Device scalars are never read on the host.
   m.def("frame_begin(Tensor pend, Tensor pend_len, Tensor vision, Tensor t, Tensor embed_weight, Tensor start, Tensor(a!) key_valid, Tensor(b!) count, Tensor(c!) tail_pos, int eos) -> (Tensor x, Tensor positions)");
+  // The end of a frame (spec §5.6): the pads among the frame's fed chunks (its first K*floor((n-1)/K) ids, at
+  // cache slots frame_start..) become invalid keys and its real ids are counted as positions; the last chunk
+  // (ids fed..n-1) becomes pending, padded with eos; the frame's ids and n are stored at frame t of out_ids /
+  // out_n. n, frame_start and t are 1-element int64 tensors on the device, never read on the host.
   m.def("frame_end(Tensor fids, Tensor n, Tensor frame_start, Tensor t, Tensor(a!) key_valid, Tensor(b!) count, Tensor(c!) pend, Tensor(d!) pend_len, Tensor(e!) out_ids, Tensor(f!) out_n, int eos) -> ()");
 
   // Sparse-token ViT attention (spec §6.4 item 5) on packed q, k, v (total, heads, head_dim), fp32/fp16/bf16,
