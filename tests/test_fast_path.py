@@ -69,12 +69,12 @@ def test_fast_rejects_what_it_cannot_do():
         m.generate(v, gazing_ratio=0.1, backend="gpu")
 
 
-def _runner_decode(model_seed: int, caps: list, video_seed: int, req=None, use_ops: bool = True):
-    """(ids, counts) of a fresh FastGazeRunner (no graphs) on B=2 random clips; the runner's class knobs as the
-    caller left them. Skips when the compiled decoder ops are not built."""
+def _runner(model_seed: int, caps: list, video_seed: int, req=None, use_ops: bool = True):
+    """A fresh FastGazeRunner (no graphs) for B=2 random clips, with its (vision, reqs) inputs; the runner's
+    class knobs as the caller left them. Skips when use_ops is set and the compiled decoder ops are not built."""
     from autogaze_ext.model.fast import FastGazeRunner, _slot_budget, custom_ops_available
 
-    if not custom_ops_available(torch.device("cpu")):
+    if use_ops and not custom_ops_available(torch.device("cpu")):
         pytest.skip("compiled decoder ops not built")
     m = _model(model_seed)
     B, T = 2, len(caps)
@@ -82,8 +82,44 @@ def _runner_decode(model_seed: int, caps: list, video_seed: int, req=None, use_o
     reqs = None if req is None else torch.full((B, T), req)
     r = FastGazeRunner(m.gazing_model.gaze_decoder, B, T, vision.shape[2], _slot_budget(caps, 196, 10),
                        use_graphs=False, use_ops=use_ops)
+    return r, vision, reqs
+
+
+def _runner_decode(model_seed: int, caps: list, video_seed: int, req=None, use_ops: bool = True):
+    """(ids, counts) of a fresh _runner."""
+    r, vision, reqs = _runner(model_seed, caps, video_seed, req, use_ops)
     with torch.no_grad():
         return r.decode(vision, caps, reqs)
+
+
+@pytest.mark.parametrize("req", [None, 0.02])
+def test_fast_runner_last_step_only_chooses(req):
+    """A frame's last possible step runs choose() alone: afterwards every row has stopped, so the feed it skips
+    would change nothing, and the ids equal those of a run that feeds after every step."""
+    from autogaze_ext.model.fast import FastGazeRunner
+
+    caps = [25, 10, 1, 30]
+    r, vision, reqs = _runner(7, caps, 52, req, use_ops=False)
+    chose = []
+
+    def run_checked(name):
+        FastGazeRunner._run(r, name)
+        if name == "choose":
+            chose.append(int(r.t))
+            assert not bool(r.active) and not bool(r.unfinished.any())
+            before = (r.seq.clone(), r.kvalid.clone(), r.h.clone())
+            r._feed(r.fids[:, :r.K].clone(), r.active)  # the feed step() would run next: no effect
+            assert all(torch.equal(a, b) for a, b in zip(before, (r.seq, r.kvalid, r.h)))
+
+    r._run = run_checked
+    with torch.no_grad():
+        ids, counts = r.decode(vision, caps, reqs)
+    if req is None:
+        assert chose == [0, 1, 2, 3] and counts.tolist() == caps
+    r._run = lambda name: FastGazeRunner._run(r, "step" if name == "choose" else name)
+    with torch.no_grad():
+        ids_fed, counts_fed = r.decode(vision, caps, reqs)
+    assert torch.equal(counts, counts_fed) and torch.equal(ids, ids_fed)
 
 
 @pytest.mark.parametrize("req", [None, 0.02])

@@ -11,8 +11,9 @@ shape and no control-flow value depends on the data:
   ban, cap, task-loss stop with the first-token exemption, finished rows) and feeds it back; once
   every row of the frame is done a step changes nothing, so steps can run in groups and the
   host only checks a flag between groups (never when no requirement is set: then the step count
-  is known in advance);
-* on CUDA, prefill, step and frame end are captured once as CUDA graphs and replayed.
+  is known in advance); the frame's last possible step only chooses (every row has hit the cap
+  then, and its chunk is fed with the next frame's prefill);
+* on CUDA, prefill, step, choose and frame end are captured once as CUDA graphs and replayed.
 
 Attention lets every query see its own slot, so hole slots (never read by real tokens) stay
 finite. Greedy decoding only; sampling runs on the reference path.
@@ -272,11 +273,18 @@ class FastGazeRunner:
 
     def step(self) -> None:
         """Choose the next chunk for every row, then feed it back; a no-op once the frame is done."""
+        self._feed(self.choose(), self.active)  # select leaves active = (still active) and any row unfinished
+
+    def choose(self) -> torch.Tensor:
+        """Choose the next chunk for every row without feeding it back; -> chunk (B, K).
+
+        The frame's last possible step (number ceil(cap/K)) runs this alone: that many chunks reach the cap,
+        so afterwards no row is unfinished and step() would feed nothing (its layers would run for results
+        that are discarded). The chunk is fed with the next frame's prefill."""
         logits, loss_pred = self._heads(self.h)
         select = torch.ops.autogaze_ext.select_step if self.use_ops else select_step_reference
-        chunk = select(logits.contiguous(), loss_pred.contiguous(), self.cap, self.req, self.has_req,
-                       self.banned, self.unfinished, self.fids, self.n, self.first, self.active)
-        self._feed(chunk, self.active)  # select leaves active = (still active) and any row unfinished
+        return select(logits.contiguous(), loss_pred.contiguous(), self.cap, self.req, self.has_req,
+                      self.banned, self.unfinished, self.fids, self.n, self.first, self.active)
 
     def _feed(self, chunk: torch.Tensor, feed: torch.Tensor) -> None:
         """Feed the chunk back with the frame's stale positions (every fed slot is visible inside
@@ -313,12 +321,13 @@ class FastGazeRunner:
             self.reset()
             self.prefill()
             self.step()
+            self.choose()
             self.end_frame()
             self.reset()
         torch.cuda.current_stream().wait_stream(s)
         self.graphs = {}
         pool = None
-        for name in ("prefill", "step", "end_frame"):
+        for name in ("prefill", "step", "choose", "end_frame"):
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, pool=pool):
                 getattr(self, name)()
@@ -333,6 +342,24 @@ class FastGazeRunner:
             self.graphs[name].replay()
 
     # ------------------------------------------------------------------ driver
+    def _decode_frame(self, cap: int, has_req: bool) -> None:
+        """One frame: prefill, the steps (the last one only chooses), end."""
+        self._run("prefill")
+        max_steps = max(1, math.ceil(cap / self.K))
+        if not has_req:
+            for i in range(max_steps):  # no early stop: the step count is known
+                self._run("step" if i + 1 < max_steps else "choose")
+        else:
+            done, group = 0, 1
+            while done < max_steps:
+                for i in range(done, min(done + group, max_steps)):
+                    self._run("step" if i + 1 < max_steps else "choose")
+                done += group
+                if not bool(self.active):  # one host check per group of steps
+                    break
+                group *= 2
+        self._run("end_frame")
+
     def decode(self, vision: torch.Tensor, caps: list[int], reqs: torch.Tensor | None):
         """vision (B, T, NV, D); caps per frame; reqs (B, T) or None.
         Returns (ids (B, N) local ids with EOS pads, counts (T,))."""
@@ -346,21 +373,7 @@ class FastGazeRunner:
         if reqs is not None:
             self.reqs[:, :T].copy_(reqs)
         for t in range(T):
-            self._run("prefill")
-            max_steps = max(1, math.ceil(caps[t] / self.K))
-            if reqs is None:
-                for _ in range(max_steps):  # no early stop: the step count is known
-                    self._run("step")
-            else:
-                done, group = 0, 1
-                while done < max_steps:
-                    for _ in range(min(group, max_steps - done)):
-                        self._run("step")
-                    done += group
-                    if not bool(self.active):  # one host check per group of steps
-                        break
-                    group *= 2
-            self._run("end_frame")
+            self._decode_frame(caps[t], reqs is not None)
         counts = self.out_n[:T].clone()
         n_list = counts.tolist()
         ids = torch.cat([self.out_ids[:, t, :n] for t, n in enumerate(n_list)], dim=1)
