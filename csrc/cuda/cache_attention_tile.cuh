@@ -70,6 +70,20 @@ __device__ __forceinline__ void store_vec(float* p, const float (&r)[N]) {
   }
 }
 
+// A thread's scores s[a][m] (query row a, key KSTEP*m of its lane) stored transposed: ps points at the
+// thread's first key row and query column of P^T, rows ld floats apart. p @ v then reads one key's
+// probabilities for TQ queries in one vector load.
+template <int TQ, int TK, int KSTEP>
+__device__ __forceinline__ void store_p_transposed(float* ps, int ld, const float (&s)[TQ][TK]) {
+#pragma unroll
+  for (int m = 0; m < TK; ++m) {
+    float pv[TQ];
+#pragma unroll
+    for (int a = 0; a < TQ; ++a) pv[a] = s[a][m];
+    store_vec<TQ>(ps + KSTEP * m * ld, pv);
+  }
+}
+
 // Reductions over the 16 lanes of a half-warp (xor partners never leave it). A butterfly leaves the
 // bitwise-same result in every lane.
 __device__ __forceinline__ float half_warp_max(float x) {
@@ -150,6 +164,35 @@ __device__ __forceinline__ void softmax_update(float (&s)[TK], float& m_run, flo
   m_run = m_new;
 #pragma unroll
   for (int cw = 0; cw < CW; ++cw) o[cw] *= alpha;
+}
+
+// A thread's TQ query rows (i0 + a) of CW output columns from col0: normalised into out when one split covers
+// the cache, else the unnormalised partial into the workspace, with (m, l) written by the thread with
+// writes_ml. Rows past the last query are skipped.
+template <int D, int TQ, int CW>
+__device__ __forceinline__ void store_rows(const Params& p, int bh, int i0, int col0, bool writes_ml, int split_id,
+                                           const float (&o)[TQ][CW], const float (&m_run)[TQ],
+                                           const float (&l_run)[TQ]) {
+  constexpr int VW = CW < 4 ? CW : 4;  // floats per vector store
+  static_assert(CW % VW == 0, "whole vector stores");
+#pragma unroll
+  for (int a = 0; a < TQ; ++a) {
+    const int i = i0 + a;
+    if (i >= p.n) continue;
+    const int64_t row = static_cast<int64_t>(bh) * p.n + i;
+    const bool whole = p.num_splits == 1;
+    float* dst = whole ? p.out + row * D : p.ws_acc + (row * p.num_splits + split_id) * D;
+#pragma unroll
+    for (int cw = 0; cw < CW; cw += VW) {
+      float r[VW];
+#pragma unroll
+      for (int e = 0; e < VW; ++e) r[e] = whole ? o[a][cw + e] / l_run[a] : o[a][cw + e];  // no key: 0/0 = NaN
+      store_vec<VW>(dst + col0 + cw, r);
+    }
+    if (!whole && writes_ml) {
+      *reinterpret_cast<float2*>(p.ws_ml + (row * p.num_splits + split_id) * 2) = make_float2(m_run[a], l_run[a]);
+    }
+  }
 }
 
 template <int D, int QT>
@@ -261,13 +304,7 @@ __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_
         }
         softmax_update<16>(s[a], m_run[a], l_run[a], o[a]);
       }
-#pragma unroll
-      for (int m = 0; m < TK; ++m) {
-        float pv[TQ];
-#pragma unroll
-        for (int a = 0; a < TQ; ++a) pv[a] = s[a][m];
-        store_vec<TQ>(Ps + (kg + 16 * m) * PS + qg * TQ, pv);
-      }
+      store_p_transposed<TQ, TK, 16>(Ps + kg * PS + qg * TQ, PS, s);
     }
     __syncthreads();
 
@@ -286,24 +323,7 @@ __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_
     __syncthreads();  // this stage and Ps are free for the next chunk's load
   }
 
-#pragma unroll
-  for (int a = 0; a < TQ; ++a) {
-    const int i = q0 + qg * TQ + a;
-    if (i >= p.n) continue;
-    const int64_t row = static_cast<int64_t>(bh) * p.n + i;
-    float r[CW];
-    if (p.num_splits == 1) {
-#pragma unroll
-      for (int cw = 0; cw < CW; ++cw) r[cw] = o[a][cw] / l_run[a];  // no key at all: 0/0 = NaN
-      store_vec<CW>(p.out + row * D + kg * CW, r);
-    } else {
-      const int64_t part = row * p.num_splits + split_id;
-#pragma unroll
-      for (int cw = 0; cw < CW; ++cw) r[cw] = o[a][cw];
-      store_vec<CW>(p.ws_acc + part * D + kg * CW, r);
-      if (kg == 0) *reinterpret_cast<float2*>(p.ws_ml + part * 2) = make_float2(m_run[a], l_run[a]);
-    }
-  }
+  store_rows<D>(p, bh, q0 + qg * TQ, kg * CW, kg == 0, split_id, o, m_run, l_run);
 }
 
 // Which splits ran for query i: 0 .. min(start+i, L-1) / split (none when start+i < 0).

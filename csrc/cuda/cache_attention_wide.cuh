@@ -128,13 +128,7 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
         }
         softmax_update<8>(s[a], m_run[a], l_run[a], o[a]);
       }
-#pragma unroll
-      for (int m = 0; m < TK; ++m) {
-        float pv[TQ];
-#pragma unroll
-        for (int a = 0; a < TQ; ++a) pv[a] = s[a][m];
-        store_vec<TQ>(Ps + (kl + 8 * m) * PS + rg * TQ, pv);
-      }
+      store_p_transposed<TQ, TK, 8>(Ps + kl * PS + rg * TQ, PS, s);
     }
     cp_async_wait<0>();  // the values of c
     __syncthreads();     // p and the values visible; the keys' buffer free
@@ -164,29 +158,7 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
     if (c + 1 < nchunks) load_rows(VLd{}, Vs, vbase, c + 1);
   }
 
-#pragma unroll
-  for (int a = 0; a < TQ; ++a) {
-    const int i = q0 + rg * TQ + a;
-    if (i >= p.n) continue;
-    const int64_t row = static_cast<int64_t>(bh) * p.n + i;
-    float r[CW];
-    if (p.num_splits == 1) {
-#pragma unroll
-      for (int cw = 0; cw < CW; ++cw) r[cw] = o[a][cw] / l_run[a];  // no key at all: 0/0 = NaN
-    } else {
-#pragma unroll
-      for (int cw = 0; cw < CW; ++cw) r[cw] = o[a][cw];
-    }
-    float* dst = p.num_splits == 1 ? p.out + row * D : p.ws_acc + (row * p.num_splits + split_id) * D;
-#pragma unroll
-    for (int cw = 0; cw < CW; cw += 4) {
-      float r4[4] = {r[cw], r[cw + 1], r[cw + 2], r[cw + 3]};
-      store_vec<4>(dst + kl * CW + cw, r4);
-    }
-    if (p.num_splits > 1 && kl == 0) {
-      *reinterpret_cast<float2*>(p.ws_ml + (row * p.num_splits + split_id) * 2) = make_float2(m_run[a], l_run[a]);
-    }
-  }
+  store_rows<D>(p, bh, q0 + rg * TQ, kl * CW, kl == 0, split_id, o, m_run, l_run);
 }
 
 }  // namespace attn
