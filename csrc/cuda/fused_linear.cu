@@ -187,15 +187,22 @@ __global__ void __launch_bounds__(T::THREADS, T::MIN_BLOCKS)
   store_tile<P, TM, TNW, TX, TY>(acc, m0, n0, tx, ty, M, n_out, res, out);
 }
 
+// The 1-D grid of tile type T for P weight slices per output: row tiles times output tiles.
+template <class T, int P>
+struct TileGrid {
+  int64_t m_tiles, blocks;
+  TileGrid(int64_t M, int64_t n_out)
+      : m_tiles((M + T::BM - 1) / T::BM), blocks(m_tiles * ((n_out + T::BNW / P - 1) / (T::BNW / P))) {}
+  bool fits() const { return blocks <= INT_MAX; }
+};
+
 template <class T, int P, int VEC>
 cudaError_t launch(const float* x, const float* w, const float* nw, float eps, const float* res, float* out,
                    int64_t M, int64_t K, int64_t n_out, cudaStream_t stream) {
-  constexpr int BNO = T::BNW / P;
-  const int64_t m_tiles = (M + T::BM - 1) / T::BM;
-  const int64_t blocks = m_tiles * ((n_out + BNO - 1) / BNO);
-  if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
-  fused_linear_kernel<T, P, VEC><<<static_cast<unsigned>(blocks), T::THREADS, 0, stream>>>(
-      x, w, nw, eps, res, out, M, static_cast<int>(K), static_cast<int>(n_out), m_tiles);
+  const TileGrid<T, P> g(M, n_out);
+  if (!g.fits()) return cudaErrorInvalidConfiguration;
+  fused_linear_kernel<T, P, VEC><<<static_cast<unsigned>(g.blocks), T::THREADS, 0, stream>>>(
+      x, w, nw, eps, res, out, M, static_cast<int>(K), static_cast<int>(n_out), g.m_tiles);
   return cudaGetLastError();
 }
 
@@ -302,17 +309,16 @@ __global__ void __launch_bounds__(T::THREADS, 1)
 template <class T, int P>
 cudaError_t launch_ksplit(const float* x, const float* w, const float* nw, float eps, const float* res, float* out,
                           int64_t M, int64_t K, int64_t n_out, cudaStream_t stream) {
-  constexpr int BNO = T::BNW / P;
-  const int64_t m_tiles = (M + T::BM - 1) / T::BM;
-  const int64_t blocks = m_tiles * ((n_out + BNO - 1) / BNO);
-  if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
+  const TileGrid<T, P> g(M, n_out);
+  if (!g.fits()) return cudaErrorInvalidConfiguration;
   // Above 48 KB a kernel must opt in (a host-side attribute, fine during graph capture); always the
   // largest size, so graphs captured earlier stay launchable.
   cudaError_t err = cudaFuncSetAttribute(ksplit_linear_kernel<T, P>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(T::smem_bytes(kKSplitMaxK)));
   if (err != cudaSuccess) return err;
-  ksplit_linear_kernel<T, P><<<static_cast<unsigned>(blocks), T::THREADS, T::smem_bytes(static_cast<int>(K)), stream>>>(
-      x, w, nw, eps, res, out, M, static_cast<int>(K), static_cast<int>(n_out), m_tiles);
+  ksplit_linear_kernel<T, P><<<static_cast<unsigned>(g.blocks), T::THREADS, T::smem_bytes(static_cast<int>(K)),
+                               stream>>>(x, w, nw, eps, res, out, M, static_cast<int>(K), static_cast<int>(n_out),
+                                         g.m_tiles);
   return cudaGetLastError();
 }
 
@@ -322,13 +328,12 @@ cudaError_t dispatch(const float* x, const float* w, const float* nw, float eps,
   const auto aligned = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   if (K % 4 != 0 || !aligned(x) || !aligned(w))  // rows not 16-byte aligned: 4-byte copies, correctness only
     return launch<SmallTile, P, 1>(x, w, nw, eps, res, out, M, K, n_out, stream);
-  const auto blocks = [&](int bm, int bno) { return ((M + bm - 1) / bm) * ((n_out + bno - 1) / bno); };
   const int64_t sms = num_sms;
   // Wide outputs (qkv, gate/up) on up to two 16 x 64 tiles per SM: the k-split tiles. Measured on an H100
   // (CUDA graphs of 20 calls): M = 206, qkv 11.6 -> 7.6 us (4 groups), gate/up 14.5 -> 11.7 us (2 groups);
   // M = 17..150 qkv and gate/up 10-14 -> 7-9 us. The 192-wide outputs (o, down) are as fast or faster on
   // the small tile, whose 16 x 16 blocks spread over more SMs.
-  const int64_t ks_blocks = blocks(KSplit4::BM, KSplit4::BNW / P);
+  const int64_t ks_blocks = TileGrid<KSplit4, P>(M, n_out).blocks;
   if (K % KSplit4::k_align() == 0 && K <= kKSplitMaxK && n_out >= 256 && ks_blocks <= 2 * sms) {
     if (ks_blocks <= sms) return launch_ksplit<KSplit4, P>(x, w, nw, eps, res, out, M, K, n_out, stream);
     return launch_ksplit<KSplit2, P>(x, w, nw, eps, res, out, M, K, n_out, stream);
@@ -337,11 +342,11 @@ cudaError_t dispatch(const float* x, const float* w, const float* nw, float eps,
   // per SM; 2x4 from 3/4 of a block per SM; else the 16x16 tile for as many blocks as possible. Measured
   // on an H100 (K = 192/384, N = 192..768): M = 206 and 640 are fastest with the 2x4 tile where it gives
   // that many blocks, the 16x16 tile below (M = 206, N = 192), and the 4x4 tile at M = 2060.
-  if (blocks(LargeTile::BM, LargeTile::BNW / P) >= 2 * sms)
+  if (TileGrid<LargeTile, P>(M, n_out).blocks >= 2 * sms)
     return launch<LargeTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
-  if (blocks(MediumTile::BM, MediumTile::BNW / P) >= 2 * sms)
+  if (TileGrid<MediumTile, P>(M, n_out).blocks >= 2 * sms)
     return launch<MediumTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
-  if (4 * blocks(NarrowTile::BM, NarrowTile::BNW / P) >= 3 * sms)
+  if (4 * TileGrid<NarrowTile, P>(M, n_out).blocks >= 3 * sms)
     return launch<NarrowTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
   return launch<SmallTile, P, 4>(x, w, nw, eps, res, out, M, K, n_out, stream);
 }
