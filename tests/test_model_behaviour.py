@@ -262,3 +262,15 @@ def test_checkpoint_errors(model, tmp_path):
     (tmp_path / "noweights" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="gaze_model_config"):
         ag.AutoGaze.from_pretrained(tmp_path / "noweights")
+
+
+@pytest.mark.parametrize("shape", [(2, 16, 7, 9, 11), (1, 8, 1, 4, 4), (3, 5, 4, 14, 14)])
+def test_trunk_conv_per_tap_form_matches_conv3d(shape):
+    """The trunk conv as one 2D conv per temporal tap (what large CUDA batches may run) equals the 3D conv."""
+    from autogaze_ext.model.encoder import CausalConv3dBlock
+
+    torch.manual_seed(sum(shape))
+    block = CausalConv3dBlock(shape[1], 3, 3)
+    x = torch.nn.functional.pad(torch.randn(shape), (0, 0, 0, 0, 2, 0))
+    with torch.no_grad():
+        torch.testing.assert_close(block._conv_taps(x), block.conv3d(x), rtol=1e-5, atol=1e-5)

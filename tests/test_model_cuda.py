@@ -53,3 +53,19 @@ def test_patch_embed_gemm_matches_conv(cuda_model, shape):
         want = net.temporal_conv(video.permute(0, 2, 1, 3, 4)).permute(0, 2, 3, 4, 1)
     assert got.shape == want.shape == (B, T, S // 16, S // 16, 192)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("B", [1, 64])
+def test_trunk_conv_choice_matches_conv3d(cuda_model, B):
+    """The trunk conv on CUDA (3D conv, or per-tap 2D convs where they timed clearly faster) against the 3D
+    conv, on fresh random activations; the choice is made once per shape and kept."""
+    from autogaze_ext.model.encoder import CausalConv3dBlock
+    from autogaze_ext.model.autogaze import exact_fp32
+
+    block = next(m for m in cuda_model.modules() if isinstance(m, CausalConv3dBlock))
+    x = torch.randn(B, 192, 18, 14, 14, device="cuda", generator=torch.Generator("cuda").manual_seed(B))
+    with torch.no_grad(), exact_fp32():
+        got, want = block._conv(x), block.conv3d(x)
+        assert len([k for k in block._taps_choice if k[0] == tuple(x.shape)]) == (B * 16 >= block.TAPS_MIN_FRAMES)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(block._conv_taps(x), want, rtol=1e-5, atol=1e-4)
