@@ -343,21 +343,19 @@ class FastGazeRunner:
 
     # ------------------------------------------------------------------ driver
     def _decode_frame(self, cap: int, has_req: bool) -> None:
-        """One frame: prefill, the steps (the last one only chooses), end."""
+        """One frame: prefill, the steps (the last one only chooses), end. With a requirement the steps run in
+        doubling groups with one host check of the frame's flag between groups; without one, in a single group
+        (the step count is known)."""
         self._run("prefill")
         max_steps = max(1, math.ceil(cap / self.K))
-        if not has_req:
-            for i in range(max_steps):  # no early stop: the step count is known
+        done, group = 0, 1 if has_req else max_steps
+        while done < max_steps:
+            for i in range(done, min(done + group, max_steps)):
                 self._run("step" if i + 1 < max_steps else "choose")
-        else:
-            done, group = 0, 1
-            while done < max_steps:
-                for i in range(done, min(done + group, max_steps)):
-                    self._run("step" if i + 1 < max_steps else "choose")
-                done += group
-                if not bool(self.active):  # one host check per group of steps
-                    break
-                group *= 2
+            done += group
+            if done < max_steps and not bool(self.active):  # no check after the last group
+                break
+            group *= 2
         self._run("end_frame")
 
     def decode(self, vision: torch.Tensor, caps: list[int], reqs: torch.Tensor | None):
