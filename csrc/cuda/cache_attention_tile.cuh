@@ -195,6 +195,36 @@ __device__ __forceinline__ void store_rows(const Params& p, int bh, int i0, int 
   }
 }
 
+// The keys one (batch*head, query tile, key split) block covers: split keys kbeg .. kbeg + nkeys - 1 of its
+// row's cache, cut at the last slot any of the tile's nq queries may see. live == false: the split lies past
+// that slot, which only happens with several splits (the combine never reads it for these queries).
+struct TileRange {
+  int b, h, q0, nq, nkeys, nchunks;
+  int64_t s0, kbeg;
+  const float* kbase;  // the split's first key and value rows
+  const float* vbase;
+  bool live;
+};
+
+template <int D>
+__device__ __forceinline__ TileRange tile_range(const Params& p, int bh, int q_tile, int QT, int split_id) {
+  TileRange r;
+  r.b = bh / p.H, r.h = bh - r.b * p.H;
+  r.q0 = q_tile * QT;
+  r.s0 = read_start(p.start);
+  r.nq = min(QT, p.n - r.q0);
+  const int64_t kend = min(r.s0 + r.q0 + r.nq - 1, p.L - 1);  // last key any query of this tile may see
+  r.kbeg = static_cast<int64_t>(split_id) * p.split;
+  r.live = p.num_splits == 1 || r.kbeg <= kend;
+  const int64_t kstop = min(r.kbeg + p.split - 1, kend);
+  r.nkeys = kstop >= r.kbeg ? static_cast<int>(kstop - r.kbeg + 1) : 0;
+  r.nchunks = (r.nkeys + kChunk - 1) / kChunk;
+  const int64_t kv_off = (static_cast<int64_t>(r.b) * p.KVH + r.h / (p.H / p.KVH)) * p.L * D;
+  r.kbase = p.k + kv_off + r.kbeg * D;
+  r.vbase = p.v + kv_off + r.kbeg * D;
+  return r;
+}
+
 template <int D, int QT>
 struct TiledLayout {
   static constexpr int TQ = QT / 8;       // query rows per thread (8 row groups)
@@ -222,26 +252,15 @@ __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_
   float* Ps = Vs + 2 * kChunk * D;              // [kChunk][PS]: P transposed
   unsigned char* Valid = reinterpret_cast<unsigned char*>(Ps + kChunk * PS);  // [split]
 
-  const int b = bh / p.H, h = bh - b * p.H;
-  const int q0 = q_tile * QT;
+  const TileRange r = tile_range<D>(p, bh, q_tile, QT, split_id);
+  if (!r.live) return;
+  const int b = r.b, q0 = r.q0, nq = r.nq, nkeys = r.nkeys, nchunks = r.nchunks;
+  const int64_t s0 = r.s0, kbeg = r.kbeg;
+  const float *kbase = r.kbase, *vbase = r.vbase;
   const int tid = threadIdx.x, lane = tid & 31;
   const int kg = lane & 15, qg = (tid >> 5) * 2 + (lane >> 4);
-
-  const int64_t s0 = read_start(p.start);
-  const int nq = min(QT, p.n - q0);
-  const int64_t kend = min(s0 + q0 + nq - 1, p.L - 1);  // last key any query of this tile may see
-  const int64_t kbeg = static_cast<int64_t>(split_id) * p.split;
-  if (p.num_splits > 1 && kbeg > kend) return;  // not live: the combine never reads this split for these queries
-  const int64_t kstop = min(kbeg + p.split - 1, kend);
-  const int nkeys = kstop >= kbeg ? static_cast<int>(kstop - kbeg + 1) : 0;
-  const int nchunks = (nkeys + kChunk - 1) / kChunk;
   // Warp-uniform: some query of this warp's two row groups exists (else it keeps the copies and barriers only).
   const bool busy = !SkipIdle || (tid >> 5) * 2 * TQ < nq;
-
-  const int hk = h / (p.H / p.KVH);
-  const int64_t kv_off = (static_cast<int64_t>(b) * p.KVH + hk) * p.L * D;
-  const float* kbase = p.k + kv_off + kbeg * D;
-  const float* vbase = p.v + kv_off + kbeg * D;
 
   auto load_chunk = [&](int c, int stage) {
     const int rows = min(kChunk, nkeys - c * kChunk);

@@ -51,25 +51,14 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
   float* Ps = Vs + kChunk * D;    // [kChunk][PS]: P transposed
   unsigned char* Valid = reinterpret_cast<unsigned char*>(Ps + kChunk * PS);  // [split]
 
-  const int b = bh / p.H, h = bh - b * p.H;
-  const int q0 = q_tile * QT;
+  const TileRange r = tile_range<D>(p, bh, q_tile, QT, split_id);
+  if (!r.live) return;
+  const int b = r.b, q0 = r.q0, nq = r.nq, nkeys = r.nkeys, nchunks = r.nchunks;
+  const int64_t s0 = r.s0, kbeg = r.kbeg;
+  const float *kbase = r.kbase, *vbase = r.vbase;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int kl = lane & 7, rg = warp * 4 + (lane >> 3);
-
-  const int64_t s0 = read_start(p.start);
-  const int nq = min(QT, p.n - q0);
-  const int64_t kend = min(s0 + q0 + nq - 1, p.L - 1);  // last key any query of this tile may see
-  const int64_t kbeg = static_cast<int64_t>(split_id) * p.split;
-  if (p.num_splits > 1 && kbeg > kend) return;  // not live: the combine never reads this split for these queries
-  const int64_t kstop = min(kbeg + p.split - 1, kend);
-  const int nkeys = kstop >= kbeg ? static_cast<int>(kstop - kbeg + 1) : 0;
-  const int nchunks = (nkeys + kChunk - 1) / kChunk;
   const bool busy = 16 * warp < nq;  // warp-uniform: some query of this warp exists
-
-  const int hk = h / (p.H / p.KVH);
-  const int64_t kv_off = (static_cast<int64_t>(b) * p.KVH + hk) * p.L * D;
-  const float* kbase = p.k + kv_off + kbeg * D;
-  const float* vbase = p.v + kv_off + kbeg * D;
 
   // K and V are single-buffered and staged at different points of the chunk loop: the keys of chunk c+1
   // load while chunk c's p @ v runs, its values while chunk c+1's scores run (half a chunk of latency hiding
