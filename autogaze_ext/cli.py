@@ -43,7 +43,8 @@ def _load_gazer(args):
         model = ag.AutoGaze.from_pretrained(args.checkpoint).to(device)
         has_proc = os.path.isfile(os.path.join(args.checkpoint, "preprocessor_config.json"))
         proc = ag.AutoGazeImageProcessor.from_pretrained(args.checkpoint) if has_proc else ag.AutoGazeImageProcessor()
-        kw = {"gazing_ratio": args.gazing_ratio, "task_loss_requirement": args.task_loss_requirement}
+        kw = {"gazing_ratio": args.gazing_ratio, "task_loss_requirement": args.task_loss_requirement,
+              "precision": args.precision}
         if args.max_error is not None:
             raise ValueError("--max-error: applies to the training-free gazer; with --checkpoint use "
                              "--task-loss-requirement")
@@ -52,6 +53,8 @@ def _load_gazer(args):
         if args.task_loss_requirement is not None:
             raise ValueError("--task-loss-requirement: needs a trained model (--checkpoint); the training-free "
                              "gazer stops on --max-error")
+        if args.precision != "fp32":
+            raise ValueError("--precision: applies to a trained model (--checkpoint)")
         model = GreedyGazer(max_error=0.15 if args.max_error is None else args.max_error).to(device)
         proc = ag.AutoGazeImageProcessor()
         kw = {"gazing_ratio": args.gazing_ratio}
@@ -183,6 +186,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(normalised pixels; one 8-bit level ~0.035; default 0.15)")
     p.add_argument("--json", help="write statistics to this JSON file")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--precision", choices=["fp32", "tf32"], default="fp32",
+                   help="fp32: exact; tf32: cuBLAS/cuDNN on TF32 tensor cores (GPU, faster at large batch, "
+                        "ids agree with fp32 only mostly)")
     p.add_argument("--tile-mode", choices=["resize", "pad"], default="resize",
                    help="frames to a multiple of 224 px: resize (default) or pad with the mean colour")
     p.add_argument("--batch-rows", type=int, default=16, help="tiles x clips gazed together")

@@ -71,3 +71,5 @@ def test_errors_are_clear(tmp_path):
     assert r.returncode == 2 and "config.json" in r.stderr
     r = _run("demo", "--max-error", "-1", "--frames", "1", "--size", "224", "--out", "")
     assert r.returncode == 2 and "max_error" in r.stderr
+    r = _run("demo", "--precision", "tf32", "--frames", "1", "--size", "224", "--out", "")
+    assert r.returncode == 2 and "--precision" in r.stderr

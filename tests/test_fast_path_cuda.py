@@ -59,3 +59,24 @@ def test_cuda_fast_equals_reference_random(cuda_models, B, config):
             assert all(torch.equal(f.sort().values, torch.arange(265) + 265 * t) for t, f in enumerate(got))
     if config != "ratio 1.0":  # 265 decisions per frame: near-ties are the rule there
         assert compared >= B * T // 2, f"{config}, B={B}: only {compared} of {B * T} row frames clear of ties"
+
+
+def test_tf32_mode_on_cuda_keeps_exact_mode_exact(cuda_models):
+    """precision="tf32" at a batch whose prefill projections go through cuBLAS: a well-formed result (caps met,
+    no id twice in a frame), the TF32 flags restored, and the exact mode's runner untouched by it."""
+    m = cuda_models[0]
+    B, T = 16, 3  # 16 x 206 prefill rows > FastGazeRunner.FUSED_LINEAR_MAX_ROWS: cuBLAS GEMMs
+    video = random_video(B, T, seed=90, device="cuda")
+    kw = dict(gazing_ratio=[0.2, 0.0378, 0.06])
+    exact = m.generate(video, backend="fast", **kw)
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    fast32 = m.generate(video, backend="fast", precision="tf32", **kw)
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+    assert fast32.num_gazing_each_frame.tolist() == exact.num_gazing_each_frame.tolist() == [53, 10, 15]
+    for r in range(B):
+        for f in _row_frames(fast32, r):
+            assert f.unique().numel() == f.numel()
+    a = exact.agreement(fast32)
+    assert a["rows"] == B and 0.0 <= a["same_ids"] <= a["same_masks"] <= 1.0 and a["token_overlap"] > 0.0
+    again = m.generate(video, backend="fast", **kw)
+    assert torch.equal(again.gazing_pos, exact.gazing_pos)

@@ -45,16 +45,24 @@ class AutoGazeModel(nn.Module):
         return self.connector(feats), new_past
 
 
+PRECISIONS = ("fp32", "tf32")
+
+
 @contextlib.contextmanager
-def exact_fp32():
-    """True fp32 for matmuls and cuDNN convolutions (TF32 off) inside the block."""
+def _tf32(on: bool):
+    """cuBLAS matmuls and cuDNN convolutions in TF32 (on) or true fp32 (off) inside the block."""
     m, c = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
     try:
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = m, c
+
+
+def exact_fp32():
+    """True fp32 for matmuls and cuDNN convolutions (TF32 off) inside the block."""
+    return _tf32(False)
 
 
 def _as_float_list(name: str, value, length: int | None) -> list[float] | None:
@@ -197,6 +205,7 @@ class AutoGaze(nn.Module):
         seed: int | None = None,
         margins: list | None = None,
         backend: str = "auto",
+        precision: str = "fp32",
     ):
         """Gaze a batch of clips.
 
@@ -216,7 +225,15 @@ class AutoGaze(nn.Module):
         backend: "reference" (the readable PyTorch loop), "fast" (static shapes, device-side
         selection, CUDA graphs on a GPU) or "auto" (fast on CUDA for greedy static clips).
         Both give the same ids.
+        precision: "fp32" (exact: TF32 off) or "tf32": on a GPU the cuBLAS matmuls and the encoder's
+        cuDNN convolutions run on TF32 tensor cores (with the compiled decoder kernels, which stay
+        fp32, that is the fast path's projections over ``FastGazeRunner.FUSED_LINEAR_MAX_ROWS``
+        rows, i.e. large batches). Faster at large batch; the ids then agree with fp32 only mostly
+        (near-ties flip: compare with ``GazeOutput.agreement``; benchmarks/RESULTS.md gives measured
+        rates). CPU computation is fp32 either way.
         """
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: expected 'fp32' (exact) or 'tf32', got {precision!r}")
         video = self._check_video(video)
         B, T = video.shape[:2]
         if gazing_ratio is None and task_loss_requirement is None:
@@ -262,14 +279,14 @@ class AutoGaze(nn.Module):
             backend == "auto" and fast_ok and video.is_cuda
             and (custom_ops_available(video.device) or B <= self.FAST_AUTO_MAX_BATCH))
 
-        ctx = exact_fp32() if video.is_cuda else contextlib.nullcontext()
+        ctx = _tf32(precision == "tf32") if video.is_cuda else contextlib.nullcontext()
         with ctx:
             if adapt:
                 return self._generate_adapted(video, caps, task_loss_requirement, list(target_scales),
-                                              int(target_patch_size), sampler, cached, use_fast)
+                                              int(target_patch_size), sampler, cached, use_fast, precision)
             req = self._requirement(task_loss_requirement, B, T, offset, streaming, video.device)
             if use_fast:
-                ids, padded, counts = self._generate_fast(video, caps, req)
+                ids, padded, counts = self._generate_fast(video, caps, req, precision)
             else:
                 ids, padded, counts, state = self._generate_native(video, caps, req, sampler, cached, state)
             out = self._output(ids, padded, counts, T, req)
@@ -297,30 +314,31 @@ class AutoGaze(nn.Module):
         gpos = torch.cat([f + V * t for t, f in enumerate(ids)], dim=1)
         return gpos, padded, torch.tensor(counts, dtype=torch.long, device=video.device), state
 
-    def _generate_fast(self, video, caps, req):
+    def _generate_fast(self, video, caps, req, precision):
         gm = self.gazing_model
         B, T = video.shape[:2]
         V, eos = self.num_vision_tokens_each_frame, gm.gaze_decoder.cfg.eos_token_id
         vision, _ = gm.embed_video(video)
-        runner = self._fast_runner(B, vision.shape[2], caps)
+        runner = self._fast_runner(B, vision.shape[2], caps, precision)
         local, counts = runner.decode(vision, caps, req)
         offsets = torch.repeat_interleave(torch.arange(T, device=video.device) * V, counts)
         return local + offsets, local == eos, counts
 
-    def _fast_runner(self, B: int, n_vision: int, caps: list[int]) -> FastGazeRunner:
-        """A runner (and its CUDA graphs) is kept per (batch size, clip length) and reused while its
-        slot budget suffices and the weights are unchanged."""
+    def _fast_runner(self, B: int, n_vision: int, caps: list[int], precision: str = "fp32") -> FastGazeRunner:
+        """A runner (and its CUDA graphs) is kept per (batch size, clip length, precision: captured
+        graphs keep the cuBLAS kernels of their capture) and reused while its slot budget suffices
+        and the weights are unchanged."""
         K = self.config.decoder.num_multi_token_pred
         T = len(caps)
         need = _slot_budget(list(caps), n_vision, K)
         p = next(self.parameters())
         weights_key = (p.device, p.dtype, p.data_ptr(), sum(q._version for q in self.parameters()))
         cache = self.__dict__.setdefault("_fast_runners", {})
-        r = cache.get((B, T))
+        r = cache.get((B, T, precision))
         if r is None or r[0] != weights_key or r[1] < need:
             budget = 256 * math.ceil(need / 256)
             runner = FastGazeRunner(self.gazing_model.gaze_decoder, B, T, n_vision, budget)
-            cache[(B, T)] = r = (weights_key, budget, runner)
+            cache[(B, T, precision)] = r = (weights_key, budget, runner)
         return r[2]
 
     def _output(self, ids, padded, counts, T, req, grids=None, V=None) -> GazeOutput:
@@ -351,7 +369,8 @@ class AutoGaze(nn.Module):
             raise ValueError(f"target_patch_size: expected a positive int, got {p!r}")
         return not (ts == self.scales and [(s // p) ** 2 for s in ts] == self.config.num_tokens_each_scale)
 
-    def _generate_adapted(self, video, caps, req_arg, target_scales, patch, sampler, cached, use_fast) -> GazeOutput:
+    def _generate_adapted(self, video, caps, req_arg, target_scales, patch, sampler, cached, use_fast,
+                          precision) -> GazeOutput:
         B, T, C, H, W = video.shape
         if H != W or H != target_scales[-1]:
             raise ValueError(
@@ -367,7 +386,7 @@ class AutoGaze(nn.Module):
         tiles = tiles.reshape(B * n * n, T, C, side // n, side // n)
         req = self._requirement(req_arg, B * n * n, T, 0, False, video.device)
         if use_fast:
-            ids, padded, counts = self._generate_fast(tiles, caps, req)
+            ids, padded, counts = self._generate_fast(tiles, caps, req, precision)
         else:
             ids, padded, counts, _ = self._generate_native(tiles, caps, req, sampler, cached, None)
         tile_masks = gazing_masks(ids, padded, T, g_native)

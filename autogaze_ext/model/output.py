@@ -53,3 +53,30 @@ class GazeOutput:
         """(B, T) number of non-padded slots per frame."""
         parts = (~self.if_padded_gazing).split(self.num_gazing_each_frame.tolist(), dim=1)
         return torch.stack([p.sum(dim=1) for p in parts], dim=1)
+
+    def agreement(self, other: "GazeOutput") -> dict:
+        """How closely another result for the same clips agrees with this one (e.g. precision="tf32"
+        against exact fp32). Per batch row: ``same_ids`` the share of rows whose ids, pads and
+        per-frame counts are all equal; ``same_masks`` the share whose selected patches are equal in
+        every frame (order aside); ``token_overlap`` the mean over rows and frames of
+        |A ∩ B| / |A ∪ B| of the selected patch sets (1 where both are empty)."""
+        a = torch.cat([m.bool() for m in self.gazing_mask], dim=-1).cpu()
+        b = torch.cat([m.bool() for m in other.gazing_mask], dim=-1).cpu()
+        if a.shape != b.shape:
+            raise ValueError(f"other: expected a result for {tuple(a.shape[:2])} (batch, frames) over the same "
+                             f"patch vocabulary, got {tuple(b.shape[:2])} with {b.shape[-1]} patches per frame")
+        inter = (a & b).sum(-1).double()
+        union = (a | b).sum(-1).double()
+        overlap = torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+        if self.gazing_pos.shape == other.gazing_pos.shape and torch.equal(
+                self.num_gazing_each_frame.cpu(), other.num_gazing_each_frame.cpu()):
+            same_ids = ((self.gazing_pos.cpu() == other.gazing_pos.cpu())
+                        & (self.if_padded_gazing.cpu() == other.if_padded_gazing.cpu())).all(dim=1)
+        else:
+            same_ids = torch.zeros(a.shape[0], dtype=torch.bool)
+        return {
+            "rows": int(a.shape[0]),
+            "same_ids": same_ids.double().mean().item(),
+            "same_masks": (a == b).all(dim=-1).all(dim=-1).double().mean().item(),
+            "token_overlap": overlap.mean().item(),
+        }
