@@ -10,6 +10,8 @@ random normalised videos. Configurations (16 frames of 224x224):
 Exact fp32 (TF32 off). Times are CUDA-event medians after warm-up. The fast path is timed twice: with the
 `decoder_layers` op (the default: a decode step at small batch runs all layers in one persistent launch)
 and without it, every layer a chain of the separate decoder ops ("chained", the previous version).
+Last, the opt-in precision="tf32" mode: throughput for (a) and its agreement with exact fp32 on the same
+videos (GazeOutput.agreement), for (a) and (b).
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def use_persistent(model, on: bool) -> None:
 
 def step_us(model) -> float:
     """Median µs of one decode-step graph replay at B=1 inside frame 0 (after a B=1 generate)."""
-    runner = model.__dict__.get("_fast_runners", {}).get((1, 16), (None, None, None))[2]
+    runner = model.__dict__.get("_fast_runners", {}).get((1, 16, "fp32"), (None, None, None))[2]
     if runner is None or runner.graphs is None:
         return float("nan")
     runner.reset()
@@ -122,6 +124,24 @@ def main() -> None:
         results["throughput"][B] = dict(reference_clips_s=trows[-1][1], fast_chained_clips_s=trows[-1][2],
                                         fast_clips_s=trows[-1][3], speedup=trows[-1][4], peak_mib=mem)
 
+    # --- the tf32 mode: throughput for (a), agreement with fp32 for (a) and (b) -------------------
+    use_persistent(model, True)
+    prow = []
+    for B in [1] + list(args.batches):
+        vid = videos(B, 1, dev)[0]
+        t = {}
+        for prec in ("fp32", "tf32"):
+            t[prec] = median(time_ms(lambda: model.generate(vid, backend="fast", precision=prec, **CONFIGS["a"]),
+                                     warmup=2, reps=max(5, args.reps // 4)))
+        agree = {}
+        if B > 1:
+            for key in ("a", "b"):
+                exact = model.generate(vid, backend="fast", **CONFIGS[key])
+                agree[key] = exact.agreement(model.generate(vid, backend="fast", precision="tf32", **CONFIGS[key]))
+        prow.append((B, 1e3 * B / t["fp32"], 1e3 * B / t["tf32"], t["fp32"] / t["tf32"], agree))
+        results.setdefault("tf32", {})[B] = dict(fp32_clips_s=prow[-1][1], tf32_clips_s=prow[-1][2],
+                                                 speedup=prow[-1][3], agreement=agree)
+
     print("\nlatency per 16-frame clip, B=1 (ms, median)")
     print(f"{'config':8} {'reference':>10} {'chained':>9} {'fast':>9} {'speedup':>8} {'peak MiB':>9} {'ids equal':>9}"
           "  slots")
@@ -133,6 +153,14 @@ def main() -> None:
     print(f"{'B':>5} {'reference':>10} {'chained':>9} {'fast':>9} {'speedup':>8} {'peak MiB':>9}")
     for B, r, c, f, s, m in trows:
         print(f"{B:5d} {r:10.1f} {c:9.1f} {f:9.1f} {s:8.1f} {m:9.1f}")
+    print("\nprecision='tf32' for (a), clips/s, and its agreement with fp32 on the same clips "
+          "(share of clips with equal ids / equal masks, mean patch-set overlap)")
+    print(f"{'B':>5} {'fp32':>9} {'tf32':>9} {'ratio':>6}   {'(a) ids / masks / overlap':>27}   "
+          f"{'(b) ids / masks / overlap':>27}")
+    for B, f32, t32, ratio, agree in prow:
+        cells = ["{same_ids:7.3f} / {same_masks:6.3f} / {token_overlap:7.4f}".format(**agree[k]) if k in agree
+                 else f"{'-':>27}" for k in ("a", "b")]
+        print(f"{B:5d} {f32:9.1f} {t32:9.1f} {ratio:6.2f}   {cells[0]:>27}   {cells[1]:>27}")
     save_json("bench_gaze.json", results)
 
 
