@@ -26,8 +26,9 @@ TORCH_LIBRARY(autogaze_ext, m) {
   // RoPE (rotate-half) on q and k of a packed qkv projection, k and v written into the caches at
   // slots start..start+n-1 (start: a 1-element int64 tensor on the device); returns rotated q (B, H, n, d).
   m.def("rope_cache_write(Tensor qkv, Tensor positions, Tensor inv_freq, Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor start, int num_heads, int num_kv_heads) -> Tensor");
-  // Softmax attention of queries at slots start+i over cached keys j <= start+i that are valid (or j == start+i).
-  m.def("cache_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor key_valid, Tensor start) -> Tensor");
+  // Softmax attention of queries at slots start+i over cached keys j <= start+i that are valid (or j == start+i);
+  // tf32: on a GPU, the products of prefills with head dim 32 on TF32 tensor cores (else fp32 throughout).
+  m.def("cache_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor key_valid, Tensor start, bool tf32=False) -> Tensor");
   // All layers of the decoder over n new tokens per row (x (B, n, hidden) -> hidden states (B, n, hidden) before
   // the final norm): per layer rmsnorm -> qkv -> RoPE, k/v into the caches (layers, B, KVH, L, d) at slots
   // start.. -> cache_attention -> o_proj + residual -> rmsnorm -> SwiGLU MLP + residual. Weights stacked per

@@ -181,6 +181,15 @@ def test_fallback_without_extension(monkeypatch):
 def test_opcheck(start):
     q, k, v, valid = make_inputs(1, 2, 6, 3, 4, 32, 32, diag_only_rows=(1,))
     torch.library.opcheck(op, (q, k, v, valid, torch.tensor([start])))
+    torch.library.opcheck(op, (q, k, v, valid, torch.tensor([start]), True))
+
+
+def test_tf32_flag_is_fp32_on_cpu_and_checked():
+    q, k, v, valid = make_inputs(6, 2, 6, 6, 40, 300, 32)
+    start = torch.tensor([100])
+    assert torch.equal(A.cache_attention(q, k, v, valid, start, tf32=True), A.cache_attention(q, k, v, valid, start))
+    with pytest.raises(TypeError, match="tf32"):
+        A.cache_attention(q, k, v, valid, start, tf32=1)
 
 
 @needs_ext
@@ -199,6 +208,16 @@ def test_fake_and_compile():
 # ------------------------------------------------------------------------------------------------- CUDA
 
 
+
+
+def _graph_of(call):
+    """A CUDA graph of call() (run once outside capture first) and the output tensor it writes on replay."""
+    call()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = call()
+    return graph, out
 
 
 def _cuda_check(q, k, v, valid, start, tol=1e-5):
@@ -322,11 +341,7 @@ def test_cuda_opcheck_stream_and_graph():
     # capture once, then change start and key_valid (and q) in place: the graph follows the new values
     start = torch.tensor([10], device="cuda")
     s_q, s_valid = qc.clone(), validc.clone()
-    op(s_q, kc, vc, s_valid, start)  # warm-up outside capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = op(s_q, kc, vc, s_valid, start)
+    graph, out = _graph_of(lambda: op(s_q, kc, vc, s_valid, start))
     for seed, st in [(17, 0), (18, 3000), (19, L - n), (20, 64), (21, -4), (22, L - 3)]:
         q2, _, _, valid2 = make_inputs(seed, B, H, KVH, n, L, d, p_valid=0.3, diag_only_rows=(seed % 2,))
         s_q.copy_(q2)
@@ -356,11 +371,7 @@ def test_cuda_graph_rope_then_attention():
         q = torch.ops.autogaze_ext.rope_cache_write(qkv, pos, freq, kc, vc, start, H, KVH)
         return op(q, kc, vc, valid, start)
 
-    step()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = step()
+    graph, out = _graph_of(step)
     for st in (100, 400, L - n):
         qkv.normal_()
         valid[:, st: st + n] = True
@@ -397,3 +408,60 @@ def test_cuda_timing_print():
         kern2 = lambda: op(q2, k2, v2, valid2, start)  # noqa: E731
         msg.append(f"  op B={B2} n={n2}: {cuda_us_per_call(kern2, reps=5, iters=10):.2f} us/call in a CUDA graph")
     print("\n".join(msg))
+
+
+TF32_CASES = [  # B, H, KVH, n, L, d: prefills with d = 32 take the TF32 tile (64 queries per block, 4 warps)
+    (1, 6, 6, 206, 1024, 32),  # small grid: several key splits and the combine
+    (64, 6, 6, 206, 600, 32),  # one split: normalised output written directly
+    (3, 6, 2, 17, 300, 32),  # the smallest prefill: one warp with one query past 16, grouped kv heads
+    (2, 6, 6, 65, 200, 32),  # a second tile with one query (three idle warps); 200 keys: a partial chunk
+]
+
+
+@pytest.mark.cuda
+@cuda
+@needs_ext
+@pytest.mark.parametrize("case", TF32_CASES, ids=lambda c: "B{}H{}KVH{}n{}L{}d{}".format(*c))
+@pytest.mark.parametrize("where", ["zero", "small", "mid", "end"])
+def test_cuda_tf32_tile_matches_oracle_to_tf32_precision(case, where):
+    """TF32 products (10-bit mantissas): error under 1e-2 of the p @ |v| scale, NaN exactly where a query has
+    nothing to attend -- and not the fp32 result (the tensor-core tile really ran)."""
+    B, H, KVH, n, L, d = case
+    q, k, v, valid = make_inputs(23, B, H, KVH, n, L, d, diag_only_rows=(0,) if B > 1 else ())
+    start = torch.tensor([start_value(where, n, L)])
+    poison_cuda_cache()
+    args = [t.cuda() for t in (q, k, v, valid, start)]
+    out = op(*args, True)
+    check(out.cpu(), q, k, v, valid, start, tol=1e-2)
+    fp32 = op(*args)
+    live = ~fp32.isnan()
+    assert not torch.equal(out[live], fp32[live])
+
+
+@pytest.mark.cuda
+@cuda
+@needs_ext
+@pytest.mark.parametrize("case", [(2, 6, 6, 10, 1024, 32), (2, 4, 4, 40, 300, 64), (2, 3, 3, 40, 200, 7)],
+                         ids=["decode step", "d64", "d7"])
+def test_cuda_tf32_elsewhere_is_fp32(case):
+    """Decode steps (n <= 16) and head dims without a TF32 tile keep the fp32 kernels: bitwise the same."""
+    B, H, KVH, n, L, d = case
+    q, k, v, valid = make_inputs(24, B, H, KVH, n, L, d)
+    args = [t.cuda() for t in (q, k, v, valid, torch.tensor([L // 2]))]
+    assert torch.equal(op(*args, True), op(*args))
+
+
+@pytest.mark.cuda
+@cuda
+@needs_ext
+def test_cuda_tf32_graph_follows_start():
+    B, H, KVH, n, L, d = 4, 6, 6, 206, 2048, 32
+    q, k, v, valid = make_inputs(25, B, H, KVH, n, L, d)
+    qc, kc, vc, validc = (t.cuda() for t in (q, k, v, valid))
+    start = torch.tensor([10], device="cuda")
+    graph, out = _graph_of(lambda: op(qc, kc, vc, validc, start, True))
+    for st in (0, 1000, L - n, -30, L - 3, 5000):
+        start.fill_(st)
+        poison_cuda_cache()
+        graph.replay()
+        check(out.cpu(), q, k, v, valid, torch.tensor([st]), tol=1e-2)

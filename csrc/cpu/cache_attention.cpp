@@ -48,8 +48,9 @@ void check_cache_attention_inputs(const at::Tensor& q, const at::Tensor& k_cache
 
 namespace {
 
+// tf32: a GPU mode (TF32 tensor-core products); the CPU computes in fp32 either way.
 at::Tensor cache_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                               const at::Tensor& valid_in, const at::Tensor& start) {
+                               const at::Tensor& valid_in, const at::Tensor& start, bool /*tf32*/) {
   check_cache_attention_inputs(q_in, k_in, v_in, valid_in, start);
   TORCH_CHECK(q_in.device().is_cpu(), "cache_attention_cpu expects CPU tensors");
   const at::Tensor q = q_in.contiguous(), kc = k_in.contiguous(), vc = v_in.contiguous();

@@ -104,7 +104,7 @@ at::Tensor decoder_layers_composed(const at::Tensor& x, const at::Tensor& positi
   static auto attention = c10::Dispatcher::singleton()
                               .findSchemaOrThrow("autogaze_ext::cache_attention", "")
                               .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                                const at::Tensor&, const at::Tensor&)>();
+                                                const at::Tensor&, const at::Tensor&, bool)>();
   const int64_t B = x.size(0), n = x.size(1), D = x.size(2), layers = k_cache.size(0);
   at::Tensor h = x.reshape({B * n, D}).contiguous();
   int64_t rows = n;  // tokens per row the layer's attention and MLP run for
@@ -121,7 +121,7 @@ at::Tensor decoder_layers_composed(const at::Tensor& x, const at::Tensor& positi
       h = h.view({B, n, D}).select(1, n - 1).contiguous();
       rows = 1;
     }
-    const at::Tensor o = attention.call(q, kc, vc, key_valid, q_start).transpose(1, 2).reshape({B * rows, -1});
+    const at::Tensor o = attention.call(q, kc, vc, key_valid, q_start, false).transpose(1, 2).reshape({B * rows, -1});
     h = linear.call(o, w_o[l].contiguous(), std::nullopt, 0.0, h, false);
     const at::Tensor a = linear.call(h, w_gu[l].contiguous(), norm_mlp[l].contiguous(), eps, std::nullopt, true);
     h = linear.call(a, w_down[l].contiguous(), std::nullopt, 0.0, h, false);

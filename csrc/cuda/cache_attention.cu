@@ -11,6 +11,8 @@
 // tiles alone fill the GPU twice over run those, with a layout that keeps more of the issue slots on FMAs
 // (cache_attention_wide.cuh: 1.15x at B=64, 206 queries; slower than 32-query tiles on small grids, where
 // latency, not issue, bounds a call).
+// With tf32 (an opt-in mode) prefills with d = 32 run 64-query tiles on TF32 tensor cores instead
+// (cache_attention_tf32.cuh; about 2x the wide tile at B=64, outputs within ~1e-4 of fp32).
 //
 // `start` is read on the device (CUDA graphs replay with new values), so the grid covers every split
 // of the cache and the blocks decide for themselves: a block whose first key lies beyond the last slot
@@ -25,6 +27,7 @@
 #include <cmath>
 
 #include "cuda/cache_attention.h"
+#include "cuda/cache_attention_tf32.cuh"
 #include "cuda/cache_attention_tile.cuh"
 #include "cuda/cache_attention_wide.cuh"
 
@@ -44,6 +47,12 @@ template <int D>
 __global__ void __launch_bounds__(kThreads, D == 32 ? 4 : 3) attn_wide_kernel(Params p) {
   extern __shared__ float4 smem4[];
   attn_tile_wide<D>(p, blockIdx.x, blockIdx.y, blockIdx.z, reinterpret_cast<float*>(smem4));
+}
+
+// 4 blocks per SM (at most 128 registers, 52 KB of shared memory each).
+__global__ void __launch_bounds__(kThreads, 4) attn_tf32_kernel(Params p) {
+  extern __shared__ float4 smem4[];
+  attn_tile_tf32(p, blockIdx.x, blockIdx.y, blockIdx.z, reinterpret_cast<float*>(smem4));
 }
 
 template <int D>
@@ -179,7 +188,13 @@ cudaError_t launch_narrow(const Params& p, dim3 grid, cudaStream_t stream) {
 }
 
 template <int D>
-cudaError_t launch_tiled(const Params& p, int q_tile, dim3 grid, cudaStream_t stream) {
+cudaError_t launch_tiled(const Params& p, int q_tile, bool tf32, dim3 grid, cudaStream_t stream) {
+  if constexpr (D == 32) {
+    if (tf32) {
+      using Lay = Tf32Layout;
+      return launch_with_smem(attn_tf32_kernel, Lay::smem_bytes(p.split), Lay::smem_bytes(kMaxSplit), p, grid, stream);
+    }
+  }
   if (q_tile == 16) return launch_narrow<D, 16>(p, grid, stream);
   if (q_tile == 32) return launch_narrow<D, 32>(p, grid, stream);
   using Lay = WideLayout<D>;
@@ -191,12 +206,14 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 }  // namespace
 
 CacheAttentionPlan plan_cache_attention(int64_t batch, int64_t num_heads, int64_t n, int64_t cache_len,
-                                        int64_t head_dim, bool aligned, int num_sms) {
+                                        int64_t head_dim, bool aligned, int num_sms, bool tf32) {
   CacheAttentionPlan plan;
   plan.tiled = (head_dim == 32 || head_dim == 64) && aligned;
+  plan.tf32 = tf32 && plan.tiled && head_dim == Tf32Layout::D && n > 16;
   constexpr int kWide = WideLayout<32>::QT;
+  static_assert(Tf32Layout::QT == kWide, "the TF32 tile splits queries as the wide fp32 tile");
   const bool wide = batch * num_heads * ceil_div(n, kWide) >= 2 * static_cast<int64_t>(std::max(num_sms, 1));
-  plan.q_tile = !plan.tiled ? 1 : n <= 16 ? 16 : wide ? kWide : 32;
+  plan.q_tile = !plan.tiled ? 1 : n <= 16 ? 16 : (wide || plan.tf32) ? kWide : 32;
   // Blocks per key split; the live fraction of the cache is a device value, so size the splits for a
   // full cache: the largest split (fewer partials, less combine work) that still gives ~4 blocks per SM.
   const int64_t per_split = batch * num_heads * ceil_div(n, plan.q_tile);
@@ -223,8 +240,8 @@ cudaError_t launch_cache_attention(const CacheAttentionPlan& plan, const float* 
   cudaError_t err;
   if (plan.tiled) {
     const dim3 grid(bhs, static_cast<unsigned>(ceil_div(n, plan.q_tile)), splits);
-    err = head_dim == 32 ? launch_tiled<32>(p, plan.q_tile, grid, stream)
-                         : launch_tiled<64>(p, plan.q_tile, grid, stream);
+    err = head_dim == 32 ? launch_tiled<32>(p, plan.q_tile, plan.tf32, grid, stream)
+                         : launch_tiled<64>(p, plan.q_tile, plan.tf32, grid, stream);
   } else {
     attn_generic_kernel<<<dim3(bhs, static_cast<unsigned>(n), splits), kThreads, 0, stream>>>(p);
     err = cudaGetLastError();

@@ -25,7 +25,7 @@ namespace {
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
 at::Tensor cache_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
-                                const at::Tensor& valid_in, const at::Tensor& start) {
+                                const at::Tensor& valid_in, const at::Tensor& start, bool tf32) {
   check_cache_attention_inputs(q_in, k_in, v_in, valid_in, start);
   TORCH_CHECK(q_in.is_cuda(), "cache_attention_cuda expects CUDA tensors");
   const c10::cuda::CUDAGuard guard(q_in.device());
@@ -40,7 +40,7 @@ at::Tensor cache_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in, 
   const bool aligned = aligned16(q.const_data_ptr()) && aligned16(kc.const_data_ptr()) &&
                        aligned16(vc.const_data_ptr()) && aligned16(out.const_data_ptr());
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const CacheAttentionPlan plan = plan_cache_attention(B, H, n, L, d, aligned, sms);
+  const CacheAttentionPlan plan = plan_cache_attention(B, H, n, L, d, aligned, sms, tf32);
   constexpr int64_t kGridYZ = 65535;
   TORCH_CHECK(B * H <= std::numeric_limits<int32_t>::max() && (n + plan.q_tile - 1) / plan.q_tile <= kGridYZ &&
                   plan.num_splits <= kGridYZ && B * H * n / 4 < std::numeric_limits<int32_t>::max(),
