@@ -225,12 +225,13 @@ class AutoGaze(nn.Module):
         backend: "reference" (the readable PyTorch loop), "fast" (static shapes, device-side
         selection, CUDA graphs on a GPU) or "auto" (fast on CUDA for greedy static clips).
         Both give the same ids.
-        precision: "fp32" (exact: TF32 off) or "tf32": on a GPU the cuBLAS matmuls and the encoder's
-        cuDNN convolutions run on TF32 tensor cores (with the compiled decoder kernels, which stay
-        fp32, that is the fast path's projections over ``FastGazeRunner.FUSED_LINEAR_MAX_ROWS``
-        rows, i.e. large batches). Faster at large batch; the ids then agree with fp32 only mostly
-        (near-ties flip: compare with ``GazeOutput.agreement``; benchmarks/RESULTS.md gives measured
-        rates). CPU computation is fp32 either way.
+        precision: "fp32" (exact: TF32 off) or "tf32": on a GPU the cuBLAS matmuls, the encoder's
+        cuDNN convolutions and, on the fast path, the attention of prefills over more than
+        ``FastGazeRunner.LAYERS_OP_MAX_ROWS`` rows run on TF32 tensor cores (with the compiled
+        decoder ops that is what batches of 10 clips and more spend most time on; decode steps stay
+        fp32). Faster at large batch; the ids then agree with fp32 only mostly (near-ties flip:
+        compare with ``GazeOutput.agreement``; benchmarks/RESULTS.md gives measured rates). CPU
+        computation is fp32 either way.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected 'fp32' (exact) or 'tf32', got {precision!r}")
@@ -337,7 +338,7 @@ class AutoGaze(nn.Module):
         r = cache.get((B, T, precision))
         if r is None or r[0] != weights_key or r[1] < need:
             budget = 256 * math.ceil(need / 256)
-            runner = FastGazeRunner(self.gazing_model.gaze_decoder, B, T, n_vision, budget)
+            runner = FastGazeRunner(self.gazing_model.gaze_decoder, B, T, n_vision, budget, tf32=precision == "tf32")
             cache[(B, T, precision)] = r = (weights_key, budget, runner)
         return r[2]
 

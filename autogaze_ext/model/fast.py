@@ -20,6 +20,7 @@ finite. Greedy decoding only; sampling runs on the reference path.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -60,7 +61,7 @@ class FastGazeRunner:
     """Decodes clips of a fixed batch size and slot budget; reusable across calls."""
 
     def __init__(self, decoder: GazeDecoder, batch: int, n_frames: int, n_vision: int, max_slots: int,
-                 use_graphs: bool | None = None, use_ops: bool | None = None):
+                 use_graphs: bool | None = None, use_ops: bool | None = None, tf32: bool = False):
         cfg = decoder.cfg
         p = next(decoder.parameters())
         dev, dt = p.device, p.dtype
@@ -88,6 +89,9 @@ class FastGazeRunner:
         self.w_heads = torch.cat([decoder.lm_head.weight, decoder.task_loss_prediction_head.weight])
         # the compiled decoder ops (_OPS) when built for this device
         self.use_ops = custom_ops_available(dev) if use_ops is None else use_ops
+        # precision="tf32": the big-batch prefills' attention on TF32 tensor cores (their cuBLAS projections
+        # follow torch's TF32 flag, set by the caller)
+        self.tf32 = bool(tf32)
 
         z = lambda *s, **k: torch.zeros(*s, device=dev, **k)  # noqa: E731
         self.kc = z(layers, B, self.kvh, L, self.d, dtype=dt)
@@ -169,7 +173,7 @@ class FastGazeRunner:
             h = ops.decoder_layers(*args, last)
         else:
             h = chain_layers(*args, last, linear=self._linear, rope=ops.rope_cache_write,
-                             attention=ops.cache_attention)
+                             attention=functools.partial(ops.cache_attention, tf32=self.tf32))
         return h[:, -1]
 
     def _heads(self, h: torch.Tensor):
