@@ -8,52 +8,44 @@
 #include <limits>
 #include <tuple>
 
+#include "cpu/op_args.h"
 #include "ops.h"
 
 namespace autogaze_ext {
 
-namespace {
-
-void check_one(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Tensor& pend) {
-  TORCH_CHECK(t.scalar_type() == dtype, "frame_begin: ", name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == pend.device(), "frame_begin: ", name, " is on ", t.device(), " but pend on ",
-              pend.device());
-}
-
-}  // namespace
-
 void check_frame_begin_inputs(const at::Tensor& pend, const at::Tensor& pend_len, const at::Tensor& vision,
                               const at::Tensor& t, const at::Tensor& embed_weight, const at::Tensor& start,
                               const at::Tensor& key_valid, const at::Tensor& count, const at::Tensor& tail_pos) {
-  check_one(pend, "pend", at::kLong, pend);
+  const OpArgs args{"frame_begin", pend, "pend"};
+  args.typed(pend, "pend", at::kLong);
   TORCH_CHECK(pend.dim() == 2 && pend.size(1) >= 1 && pend.size(1) <= 1024,
               "frame_begin: pend must be (B, K) with 1 <= K <= 1024, got ", pend.sizes());
   const int64_t B = pend.size(0), K = pend.size(1);
   for (auto [x, name] : {std::pair{&pend_len, "pend_len"}, {&t, "t"}, {&start, "start"}}) {
-    check_one(*x, name, at::kLong, pend);
-    TORCH_CHECK(x->numel() == 1, "frame_begin: ", name, " must hold one element, got shape ", x->sizes());
+    args.typed(*x, name, at::kLong);
+    args.scalar(*x, name);
   }
-  check_one(vision, "vision", at::kFloat, pend);
+  args.typed(vision, "vision", at::kFloat);
   TORCH_CHECK(vision.dim() == 4 && vision.size(0) == B && vision.size(1) >= 1,
               "frame_begin: vision must be (B=", B, ", T, NV, hidden) with T >= 1, got ", vision.sizes());
   const int64_t D = vision.size(3);
   TORCH_CHECK(B * (K + vision.size(2)) <= std::numeric_limits<int32_t>::max(),
               "frame_begin: B * (K + NV) must be below 2^31, got B=", B, ", K + NV=", K + vision.size(2));
-  check_one(embed_weight, "embed_weight", at::kFloat, pend);
+  args.typed(embed_weight, "embed_weight", at::kFloat);
   TORCH_CHECK(embed_weight.dim() == 2 && embed_weight.size(0) >= 1 && embed_weight.size(1) == D,
               "frame_begin: embed_weight must be (vocab, hidden=", D, "), got ", embed_weight.sizes());
-  check_one(key_valid, "key_valid", at::kBool, pend);
+  args.typed(key_valid, "key_valid", at::kBool);
   TORCH_CHECK(key_valid.dim() == 2 && key_valid.size(0) == B, "frame_begin: key_valid must be (B=", B,
               ", L), got ", key_valid.sizes());
-  check_one(count, "count", at::kLong, pend);
+  args.typed(count, "count", at::kLong);
   TORCH_CHECK(count.dim() == 1 && count.size(0) == B, "frame_begin: count must be (B=", B, "), got ",
               count.sizes());
-  check_one(tail_pos, "tail_pos", at::kLong, pend);
+  args.typed(tail_pos, "tail_pos", at::kLong);
   TORCH_CHECK(tail_pos.dim() == 2 && tail_pos.size(0) == B && tail_pos.size(1) >= 1 &&
                   tail_pos.size(1) <= K + vision.size(2),
               "frame_begin: tail_pos must be (B=", B, ", n) with 1 <= n <= K + NV, got ", tail_pos.sizes());
   for (auto [x, name] : {std::pair{&key_valid, "key_valid"}, {&count, "count"}, {&tail_pos, "tail_pos"}}) {
-    TORCH_CHECK(x->is_contiguous(), "frame_begin: ", name, " is updated in place and must be contiguous");
+    args.in_place(*x, name);
   }
 }
 

@@ -6,57 +6,41 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "cpu/op_args.h"
 #include "ops.h"
 
 namespace autogaze_ext {
-
-namespace {
-
-void check_one(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Tensor& fids) {
-  TORCH_CHECK(t.scalar_type() == dtype, "frame_end: ", name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == fids.device(), "frame_end: ", name, " is on ", t.device(), " but fids on ",
-              fids.device());
-}
-
-void check_scalar(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.numel() == 1, "frame_end: ", name, " must hold one element, got shape ", t.sizes());
-}
-
-void check_in_place(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_contiguous(), "frame_end: ", name, " is updated in place and must be contiguous");
-}
-
-}  // namespace
 
 void check_frame_end_inputs(const at::Tensor& fids, const at::Tensor& n, const at::Tensor& frame_start,
                             const at::Tensor& t, const at::Tensor& key_valid, const at::Tensor& count,
                             const at::Tensor& pend, const at::Tensor& pend_len, const at::Tensor& out_ids,
                             const at::Tensor& out_n) {
-  check_one(fids, "fids", at::kLong, fids);
+  const OpArgs args{"frame_end", fids, "fids"};
+  args.typed(fids, "fids", at::kLong);
   TORCH_CHECK(fids.dim() == 2 && fids.size(1) >= 1, "frame_end: fids must be (B, W) with W >= 1, got ",
               fids.sizes());
   const int64_t B = fids.size(0), W = fids.size(1);
   for (auto [x, name] : {std::pair{&n, "n"}, {&frame_start, "frame_start"}, {&t, "t"}, {&pend_len, "pend_len"}}) {
-    check_one(*x, name, at::kLong, fids);
-    check_scalar(*x, name);
+    args.typed(*x, name, at::kLong);
+    args.scalar(*x, name);
   }
-  check_one(key_valid, "key_valid", at::kBool, fids);
+  args.typed(key_valid, "key_valid", at::kBool);
   TORCH_CHECK(key_valid.dim() == 2 && key_valid.size(0) == B, "frame_end: key_valid must be (B=", B,
               ", L), got ", key_valid.sizes());
-  check_one(count, "count", at::kLong, fids);
+  args.typed(count, "count", at::kLong);
   TORCH_CHECK(count.dim() == 1 && count.size(0) == B, "frame_end: count must be (B=", B, "), got ", count.sizes());
-  check_one(pend, "pend", at::kLong, fids);
+  args.typed(pend, "pend", at::kLong);
   TORCH_CHECK(pend.dim() == 2 && pend.size(0) == B && pend.size(1) >= 1 && pend.size(1) <= W,
               "frame_end: pend must be (B=", B, ", K) with 1 <= K <= W=", W, ", got ", pend.sizes());
-  check_one(out_ids, "out_ids", at::kLong, fids);
+  args.typed(out_ids, "out_ids", at::kLong);
   TORCH_CHECK(out_ids.dim() == 3 && out_ids.size(0) == B && out_ids.size(2) == W,
               "frame_end: out_ids must be (B=", B, ", T, W=", W, "), got ", out_ids.sizes());
-  check_one(out_n, "out_n", at::kLong, fids);
+  args.typed(out_n, "out_n", at::kLong);
   TORCH_CHECK(out_n.dim() == 1 && out_n.size(0) == out_ids.size(1), "frame_end: out_n must be (T=",
               out_ids.size(1), "), got ", out_n.sizes());
   for (auto [x, name] : {std::pair{&key_valid, "key_valid"}, {&count, "count"}, {&pend, "pend"},
                          {&pend_len, "pend_len"}, {&out_ids, "out_ids"}, {&out_n, "out_n"}}) {
-    check_in_place(*x, name);
+    args.in_place(*x, name);
   }
 }
 

@@ -11,24 +11,15 @@
 #include <limits>
 #include <vector>
 
+#include "cpu/op_args.h"
 #include "ops.h"
 
 namespace autogaze_ext {
 
 namespace {
 
-void check_one(const at::Tensor& t, const char* name, at::ScalarType dtype, const at::Tensor& like) {
-  TORCH_CHECK(t.scalar_type() == dtype, "select_step: ", name, " must be ", dtype, ", got ", t.scalar_type());
-  TORCH_CHECK(t.device() == like.device(), "select_step: ", name, " is on ", t.device(), " but logits on ",
-              like.device());
-}
-
 void check_shape(const at::Tensor& t, const char* name, at::IntArrayRef shape) {
   TORCH_CHECK(t.sizes() == shape, "select_step: ", name, " must have shape ", shape, ", got ", t.sizes());
-}
-
-void check_scalar(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.numel() == 1, "select_step: ", name, " must hold one element, got shape ", t.sizes());
 }
 
 // Order-preserving float -> uint32 with torch.argmax's order: NaN above everything, -0 == +0.
@@ -53,32 +44,33 @@ void check_select_step_inputs(const at::Tensor& logits, const at::Tensor& loss_p
                               const at::Tensor& unfinished, const at::Tensor& fids, const at::Tensor& n,
                               const at::Tensor& first, const at::Tensor& active) {
   TORCH_CHECK(logits.dim() == 3, "select_step: logits must be (B, K, V), got ", logits.sizes());
-  check_one(logits, "logits", at::kFloat, logits);
+  const OpArgs args{"select_step", logits, "logits"};
+  args.typed(logits, "logits", at::kFloat);
   const int64_t B = logits.size(0), K = logits.size(1), V = logits.size(2);
   TORCH_CHECK(K >= 1 && K <= 128, "select_step: logits must have 1 to 128 heads (dim 1), got ", K);
   TORCH_CHECK(V >= 1 && K * V < (int64_t{1} << 30), "select_step: logits vocabulary (dim 2) must be >= 1 with "
               "K*V < 2^30, got V=", V);
-  check_one(loss_pred, "loss_pred", at::kFloat, logits);
+  args.typed(loss_pred, "loss_pred", at::kFloat);
   check_shape(loss_pred, "loss_pred", {B, K});
-  check_one(cap, "cap", at::kLong, logits);
-  check_scalar(cap, "cap");
-  check_one(req, "req", at::kFloat, logits);
+  args.typed(cap, "cap", at::kLong);
+  args.scalar(cap, "cap");
+  args.typed(req, "req", at::kFloat);
   check_shape(req, "req", {B});
-  check_one(has_req, "has_req", at::kBool, logits);
-  check_scalar(has_req, "has_req");
-  check_one(banned, "banned", at::kBool, logits);
+  args.typed(has_req, "has_req", at::kBool);
+  args.scalar(has_req, "has_req");
+  args.typed(banned, "banned", at::kBool);
   check_shape(banned, "banned", {B, V});
-  check_one(unfinished, "unfinished", at::kBool, logits);
+  args.typed(unfinished, "unfinished", at::kBool);
   check_shape(unfinished, "unfinished", {B});
-  check_one(fids, "fids", at::kLong, logits);
+  args.typed(fids, "fids", at::kLong);
   TORCH_CHECK(fids.dim() == 2 && fids.size(0) == B, "select_step: fids must be (B=", B, ", F), got ",
               fids.sizes());
-  check_one(n, "n", at::kLong, logits);
-  check_scalar(n, "n");
-  check_one(first, "first", at::kBool, logits);
-  check_scalar(first, "first");
-  check_one(active, "active", at::kBool, logits);
-  check_scalar(active, "active");
+  args.typed(n, "n", at::kLong);
+  args.scalar(n, "n");
+  args.typed(first, "first", at::kBool);
+  args.scalar(first, "first");
+  args.typed(active, "active", at::kBool);
+  args.scalar(active, "active");
   TORCH_CHECK(banned.is_contiguous() && unfinished.is_contiguous() && fids.is_contiguous(),
               "select_step: banned, unfinished and fids are updated in place and must be contiguous");
 }
