@@ -156,3 +156,8 @@ def poison_cuda_cache() -> None:
     keep = [torch.full((n,), 0x7F, dtype=torch.uint8, device="cuda") for n in [1 << 28] + [1 << 20] * 32]
     torch.cuda.synchronize()
     del keep
+
+
+def clone_state(state: dict, device="cpu") -> dict:
+    """A copy of a dict of tensors (an op's inputs and in-place state), on device."""
+    return {k: v.clone().to(device) for k, v in state.items()}

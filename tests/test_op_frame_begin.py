@@ -4,6 +4,8 @@ spec §5.1 and §5.6)."""
 import pytest
 import torch
 
+from conftest import clone_state
+
 from autogaze_ext import _ops, _ops_frame
 
 op = torch.ops.autogaze_ext.frame_begin if _ops.HAS_EXTENSION else None
@@ -28,9 +30,6 @@ def make_state(seed, B, K=10, NV=12, D=24, T=3, L=120, V=266, NT=None, pend_len=
     }
 
 
-def clone(s, device="cpu"):
-    return {k: v.clone().to(device) for k, v in s.items()}
-
 
 def run(fn, s):
     x, pos = fn(*(s[a] for a in ARGS), EOS)
@@ -53,7 +52,7 @@ PEND_LEN = [0, 1, 7, 10, 15, -2]
 @pytest.mark.parametrize("B, K, NT", [(1, 10, None), (3, 10, None), (2, 1, None), (4, 7, 3)])
 def test_cpu_matches_reference(pend_len, B, K, NT):
     s = make_state(pend_len + 10 * B + K, B, K=K, NT=NT, pend_len=pend_len)
-    assert_same(run(op, clone(s)), run(_ops_frame.frame_begin_reference, clone(s)))
+    assert_same(run(op, clone_state(s)), run(_ops_frame.frame_begin_reference, clone_state(s)))
 
 
 def test_reference_semantics_by_hand():
@@ -61,8 +60,8 @@ def test_reference_semantics_by_hand():
     s = make_state(0, 1, K=5, NV=2, pend_len=4, t=2, start=10, NT=3)
     s["pend"][0] = torch.tensor([7, EOS, 9, 11, 12])
     s["count"][0] = 100
-    before = clone(s)
-    x, pos, out = run(_ops_frame.frame_begin_reference, clone(s))
+    before = clone_state(s)
+    x, pos, out = run(_ops_frame.frame_begin_reference, clone_state(s))
     assert torch.equal(x[0, :5], s["embed_weight"][[7, EOS, 9, 11, 12]])
     assert torch.equal(x[0, 5:], s["vision"][0, 2])
     assert pos[0].tolist() == [100, 100, 101, 102, 102, 103, 104]
@@ -76,15 +75,15 @@ def test_reference_semantics_by_hand():
 def test_out_of_range_values_give_zero_rows_and_skip_slots():
     s = make_state(1, 2, L=40, start=30, t=5, NV=12)  # t past the clip; slots 30..51 of a 40-slot cache
     s["pend"][0, 0] = 9999  # an id outside the table
-    before = clone(s)
-    x, pos, out = run(op, clone(s))
+    before = clone_state(s)
+    x, pos, out = run(op, clone_state(s))
     assert torch.equal(x[:, 10:], torch.zeros_like(x[:, 10:])) and torch.equal(x[0, 0], torch.zeros(24))
     assert torch.equal(out["key_valid"][:, :30], before["key_valid"][:, :30])
     valid = torch.cat([(torch.arange(10) < 7) & (s["pend"] != EOS), torch.ones(2, 12, dtype=torch.bool)], dim=1)
     assert torch.equal(out["key_valid"][:, 30:], valid[:, :10])
     assert torch.equal(pos, before["count"][:, None] + valid.long().cumsum(1) - 1)
     for start in (-50, 10**12):  # every slot outside: nothing written
-        s2 = clone(s)
+        s2 = clone_state(s)
         s2["start"].fill_(start)
         assert torch.equal(run(op, s2)[2]["key_valid"], before["key_valid"])
 
@@ -135,7 +134,7 @@ def test_opcheck():
 def test_cuda_matches_cpu(pend_len, B, K, NV, D):
     assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels"
     s = make_state(pend_len + B + NV, B, K=K, NV=NV, D=D, L=700, start=300, pend_len=pend_len)
-    assert_same(run(op, clone(s, "cuda")), run(op, clone(s)))  # random prior state: every write is visible
+    assert_same(run(op, clone_state(s, "cuda")), run(op, clone_state(s)))  # random prior state: every write is visible
 
 
 @pytest.mark.cuda
@@ -145,22 +144,22 @@ def test_cuda_edges_match_cpu():
     for kw in (dict(L=40, start=30, t=5), dict(start=-5, t=-1), dict(pend_len=0, NT=1)):
         s = make_state(8, 2, **kw)
         s["pend"][1, 3] = -4  # an id outside the table
-        assert_same(run(op, clone(s, "cuda")), run(op, clone(s)))
+        assert_same(run(op, clone_state(s, "cuda")), run(op, clone_state(s)))
 
 
 @pytest.mark.cuda
 @cuda
 @needs_ext
 def test_cuda_graph_reads_device_values_at_replay():
-    s = clone(make_state(9, 3), "cuda")
+    s = clone_state(make_state(9, 3), "cuda")
     torch.library.opcheck(op, tuple(s[a] for a in ARGS) + (EOS,))
     g = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        run(op, clone(s))  # warm-up outside the capture
+        run(op, clone_state(s))  # warm-up outside the capture
     with torch.cuda.graph(g, stream=stream):
         x, pos, _ = run(op, s)
-    host = clone(s, "cpu")
+    host = clone_state(s, "cpu")
     for pend_len, t, start in ((3, 0, 5), (10, 2, 60)):
         for d in (s, host):
             d["pend_len"].fill_(pend_len), d["t"].fill_(t), d["start"].fill_(start)

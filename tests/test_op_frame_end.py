@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from conftest import clone_state
+
 from autogaze_ext import _ops, _ops_frame
 
 op = torch.ops.autogaze_ext.frame_end if _ops.HAS_EXTENSION else None
@@ -27,9 +29,6 @@ def make_state(seed, B, W=40, K=10, L=200, T=4, n=23, frame_start=17, t=2, p_pad
     }
 
 
-def clone(s, device="cpu"):
-    return {k: v.clone().to(device) for k, v in s.items()}
-
 
 def run(fn, s):
     fn(*(s[a] for a in ARGS), EOS)
@@ -50,8 +49,8 @@ N_VALUES = [0, 1, 10, 11, 23, 40, 45, -3]
 @pytest.mark.parametrize("B, K", [(1, 10), (3, 10), (2, 1), (4, 7)])
 def test_cpu_matches_reference(n, B, K):
     s = make_state(n + 100 * B + K, B, K=K, n=n)
-    ref = run(_ops_frame.frame_end_reference, clone(s))
-    got = run(op, clone(s))
+    ref = run(_ops_frame.frame_end_reference, clone_state(s))
+    got = run(op, clone_state(s))
     assert_same(got, ref)
 
 
@@ -59,8 +58,8 @@ def test_reference_semantics_by_hand():
     """One row worked out: n = 23, K = 10 -> 20 ids fed (2 chunks), ids 20..22 pending."""
     s = make_state(0, 1, n=23)
     f = s["fids"][0]
-    before = clone(s)
-    out = run(_ops_frame.frame_end_reference, clone(s))
+    before = clone_state(s)
+    out = run(_ops_frame.frame_end_reference, clone_state(s))
     real = f[:20] != EOS
     assert torch.equal(out["key_valid"][0, 17:37], real)
     assert torch.equal(out["key_valid"][0, :17], before["key_valid"][0, :17])
@@ -75,15 +74,15 @@ def test_reference_semantics_by_hand():
 @needs_ext
 def test_out_of_range_slots_and_frame_are_skipped():
     s = make_state(1, 2, L=50, frame_start=40, t=7, n=31)  # fed = 30 slots from 40: 10 inside the cache
-    before = clone(s)
-    got = run(op, clone(s))
+    before = clone_state(s)
+    got = run(op, clone_state(s))
     real = s["fids"][:, :10] != EOS
     assert torch.equal(got["key_valid"][:, 40:], real)
     assert torch.equal(got["key_valid"][:, :40], before["key_valid"][:, :40])
     assert torch.equal(got["count"], before["count"] + (s["fids"][:, :30] != EOS).sum(1))
     assert torch.equal(got["out_ids"], before["out_ids"]) and torch.equal(got["out_n"], before["out_n"])
     for start in (-5, 10**12):  # every slot outside: nothing written
-        s2 = clone(s)
+        s2 = clone_state(s)
         s2["frame_start"].fill_(start)
         assert torch.equal(run(op, s2)["key_valid"], before["key_valid"])
 
@@ -91,7 +90,7 @@ def test_out_of_range_slots_and_frame_are_skipped():
 @needs_ext
 def test_empty_batch_still_sets_the_scalars():
     s = make_state(2, 0, n=13, t=1)
-    got = run(op, clone(s))
+    got = run(op, clone_state(s))
     assert got["pend_len"].item() == 3 and got["out_n"][1] == 13
 
 
@@ -141,8 +140,8 @@ def test_opcheck():
 def test_cuda_matches_cpu(n, B, K, W):
     assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels"
     s = make_state(7 * n + B + W, B, W=W, K=K, L=700, n=n, frame_start=300)
-    want = run(op, clone(s))
-    got = run(op, clone(s, "cuda"))  # the prior state is random: every element the kernel must write differs
+    want = run(op, clone_state(s))
+    got = run(op, clone_state(s, "cuda"))  # the prior state is random: every element the kernel must write differs
     assert_same(got, want)
 
 
@@ -153,22 +152,22 @@ def test_cuda_edges_match_cpu():
     for kw in (dict(B=0, n=13, t=1), dict(B=2, L=50, frame_start=40, t=7, n=31), dict(B=2, frame_start=-5, n=31)):
         B = kw.pop("B")
         s = make_state(8, B, **kw)
-        assert_same(run(op, clone(s, "cuda")), run(op, clone(s)))
+        assert_same(run(op, clone_state(s, "cuda")), run(op, clone_state(s)))
 
 
 @pytest.mark.cuda
 @cuda
 @needs_ext
 def test_cuda_graph_reads_device_values_at_replay():
-    s = clone(make_state(9, 3, n=5, t=0), "cuda")
+    s = clone_state(make_state(9, 3, n=5, t=0), "cuda")
     torch.library.opcheck(op, tuple(s[a] for a in ARGS) + (EOS,))
     g = torch.cuda.CUDAGraph()
     stream = torch.cuda.Stream()
     with torch.cuda.stream(stream):
-        run(op, clone(s))  # warm-up outside the capture
+        run(op, clone_state(s))  # warm-up outside the capture
     with torch.cuda.graph(g, stream=stream):
         run(op, s)
-    host = clone(s, "cpu")
+    host = clone_state(s, "cpu")
     for n, t in ((17, 1), (40, 3)):
         s["n"].fill_(n), s["t"].fill_(t)
         host["n"].fill_(n), host["t"].fill_(t)

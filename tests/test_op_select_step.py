@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from conftest import cuda_us_per_call, poison_cuda_cache
+from conftest import clone_state, cuda_us_per_call, poison_cuda_cache
 
 from autogaze_ext import _ops, _ops_select
 
@@ -61,9 +61,6 @@ def make_state(seed, B, *, K=K, V=V, F=None, n=0, cap=50, has_req=True, first=Fa
         active=torch.tensor([active]))
 
 
-def clone(state, device="cpu"):
-    return {k: v.clone().to(device) for k, v in state.items()}
-
 
 def call(fn, s):
     return fn(*(s[a] for a in ARGS))
@@ -79,7 +76,7 @@ def assert_same(a, b, chunk_a=None, chunk_b=None, what=""):
 
 
 def check_vs_reference(fn, state, what="", device="cpu"):
-    s_op, s_ref = clone(state, device), clone(state)
+    s_op, s_ref = clone_state(state, device), clone_state(state)
     got = call(fn, s_op)
     ref = call(_ops_select.select_step_reference, s_ref)
     assert_same(s_op, s_ref, got, ref, what)
@@ -205,7 +202,7 @@ def test_scalar_shapes_and_batch_zero():
         s[name] = s[name].reshape(())  # 0-dim scalars work too
     check_vs_reference(op, s)
     s = make_state(9, 0, n=4, cap=9)  # no rows: any(unfinished) is false, the frame ends
-    s_op = clone(s)
+    s_op = clone_state(s)
     chunk = call(op, s_op)
     assert chunk.shape == (0, K) and s_op["n"].item() == 9 and not s_op["active"].item()
     check_vs_reference(op, s)
@@ -247,10 +244,10 @@ def test_wrapper_matches_op():
 
 def test_fallback_without_extension(monkeypatch):
     s = make_state(13, 4, n=10, cap=30)
-    expected = clone(s)
+    expected = clone_state(s)
     chunk = call(_ops_select.select_step_reference, expected)
     monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
-    got = clone(s)
+    got = clone_state(s)
     assert_same(got, expected, call(_ops_select.select_step, got), chunk)
 
 
@@ -270,7 +267,7 @@ def test_fake_and_compile():
     assert out.shape == (3, K) and out.dtype == torch.int64
 
     fn = torch.compile(lambda *a: _ops_select.select_step(*a), backend="aot_eager", fullgraph=True)
-    a, b = clone(s), clone(s)
+    a, b = clone_state(s), clone_state(s)
     assert_same(a, b, call(fn, a), call(op, b))
 
 
@@ -329,7 +326,7 @@ def test_op_checks_its_own_arguments(over, match):
 
 def _cuda_cpu_ref(state, what=""):
     """CUDA op vs CPU op vs reference on one state; the CUDA chunk comes from a poisoned allocator."""
-    s_cuda, s_cpu, s_ref = clone(state, "cuda"), clone(state), clone(state)
+    s_cuda, s_cpu, s_ref = clone_state(state, "cuda"), clone_state(state), clone_state(state)
     poison_cuda_cache()
     got = call(op, s_cuda)
     cpu = call(op, s_cpu)
@@ -398,10 +395,10 @@ def test_cuda_frame_simulation(B, cap, has_req):
 @needs_ext
 def test_cuda_opcheck_and_stream():
     s = make_state(14, 3, n=0, cap=50, first=True)
-    torch.library.opcheck(op, tuple(clone(s, "cuda")[a] for a in ARGS))
+    torch.library.opcheck(op, tuple(clone_state(s, "cuda")[a] for a in ARGS))
     for B in (1, 4):
         s = make_state(15, B, n=10, cap=30)
-        s_cuda, s_ref = clone(s, "cuda"), clone(s)
+        s_cuda, s_ref = clone_state(s, "cuda"), clone_state(s)
         ref = call(_ops_select.select_step_reference, s_ref)
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -428,7 +425,7 @@ def test_cuda_graph_frame(B, has_req):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # warm-up outside capture
-        call(op, clone(static, "cuda"))
+        call(op, clone_state(static, "cuda"))
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -456,15 +453,15 @@ def test_cuda_graph_frame(B, has_req):
 def test_cuda_timing(B):
     """Prints µs per call: the op eagerly, the op as graph nodes (20 calls per graph), the torch reference
     graphed the same way. Targets on an H100: op in a graph <= 5 µs (B=1), <= 10 µs (B=256)."""
-    s = clone(make_state(17, B, n=0, cap=10**9, has_req=False, first=True, ban_frac=0.0), "cuda")
+    s = clone_state(make_state(17, B, n=0, cap=10**9, has_req=False, first=True, ban_frac=0.0), "cuda")
     s["unfinished"].fill_(True)
     per_graph = 20
 
     def graphed_us(fn, iters):
-        st = clone(s, "cuda")
+        st = clone_state(s, "cuda")
         return cuda_us_per_call(lambda: call(fn, st), reps=per_graph, iters=iters)
 
-    eager_state = clone(s, "cuda")
+    eager_state = clone_state(s, "cuda")
     eager = cuda_us_per_call(lambda: call(op, eager_state), iters=200, graph=False)
     t_op = graphed_us(op, 50)
     t_ref = graphed_us(_ops_select.select_step_reference, 20)
