@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ._ops import HAS_EXTENSION, _check_int, _check_same_device, _check_tensor, _use_compiled
+from ._ops import HAS_EXTENSION, _check_bool, _check_int, _check_same_device, _check_tensor, _use_compiled
 
 MAX_HEAD_DIM = 256
 _START_BOUND = 1 << 40  # any start beyond +-2^40 behaves like the bound; keeps start + i from overflowing
@@ -181,8 +181,7 @@ def cache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     relative of fp32); everything else, and the CPU, computes in fp32.
     """
     _check_cache_attention_args(q, k_cache, v_cache, key_valid, start)
-    if not isinstance(tf32, bool):
-        raise TypeError(f"tf32 must be a bool, got {type(tf32).__name__}")
+    _check_bool(tf32, "tf32")
     if _use_compiled(q):
         return torch.ops.autogaze_ext.cache_attention(q, k_cache, v_cache, key_valid, start, tf32)
     return cache_attention_reference(q, k_cache, v_cache, key_valid, start)
