@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .hub import CONFIG_PATTERNS, resolve_pretrained
+
 # Released AutoGaze architecture (spec §1.1, §4): used when no config.json is given.
 _RELEASED: dict[str, Any] = {
     "architectures": ["AutoGaze"],
@@ -191,8 +193,10 @@ class AutoGazeConfig:
         return cls(raw=copy.deepcopy(d))
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> "AutoGazeConfig":
-        path = os.fspath(path)
+    def from_pretrained(cls, path: str | os.PathLike, *, revision: str | None = None) -> "AutoGazeConfig":
+        """Read ``config.json`` from a local folder (or the file itself) or a hub id at ``revision``."""
+        path = resolve_pretrained(path, revision, what="AutoGaze config (config.json)",
+                                  allow_patterns=CONFIG_PATTERNS)
         file = os.path.join(path, "config.json") if os.path.isdir(path) else path
         if not os.path.isfile(file):
             raise FileNotFoundError(f"config: no config.json at {file!r}")

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .hub import CONFIG_PATTERNS, resolve_pretrained
+
 _DEFAULTS: dict[str, Any] = {
     "image_processor_type": "AutoGazeImageProcessor",
     "do_resize": True,
@@ -76,12 +78,17 @@ class AutoGazeImageProcessor:
             raise ValueError("offset: requires do_rescale")
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None, **overrides: Any) -> "AutoGazeImageProcessor":
-        """Read ``preprocessor_config.json`` (released defaults when ``path`` is None).
+    def from_pretrained(cls, path: str | os.PathLike | None = None, *, revision: str | None = None,
+                        **overrides: Any) -> "AutoGazeImageProcessor":
+        """Read ``preprocessor_config.json`` from a local folder (or the file itself) or a hub id at
+        ``revision`` (released defaults when ``path`` is None).
         ``size=(H, W)`` overrides the shortest-edge rule with a fixed size, as upstream."""
         cfg: dict[str, Any] = {}
+        if path is None and revision is not None:
+            raise ValueError("revision: applies to a hub id given as path; path is None (released defaults)")
         if path is not None:
-            p = os.fspath(path)
+            p = resolve_pretrained(path, revision, what="AutoGaze processor (preprocessor_config.json)",
+                                   allow_patterns=CONFIG_PATTERNS)
             file = os.path.join(p, "preprocessor_config.json") if os.path.isdir(p) else p
             if not os.path.isfile(file):
                 raise FileNotFoundError(f"processor: no preprocessor_config.json at {file!r}")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import AutoGazeConfig
+from ..hub import CHECKPOINT_PATTERNS, describe_pretrained, resolve_pretrained
 from . import checkpoint
 from .decoder import GazeDecoder
 from .encoder import Connector, ShallowVideoConvNet
@@ -20,6 +21,9 @@ from .masks import gazing_masks, positions_from_masks
 from .output import GazeOutput
 
 GazeState = DecodeState
+
+# what resolve_pretrained calls a checkpoint in its errors: names the files a local folder must hold
+CHECKPOINT_WHAT = "AutoGaze checkpoint (config.json + model.safetensors)"
 
 
 class AutoGazeModel(nn.Module):
@@ -95,6 +99,7 @@ class AutoGaze(nn.Module):
         super().__init__()
         self.config = config or AutoGazeConfig()
         self.gazing_model = AutoGazeModel(self.config)
+        self.pretrained_info: dict | None = None  # set by from_pretrained: {"id", "revision", "path", "local"}
         self.eval()
 
     # --- properties mirroring the official attributes -------------------------------------
@@ -116,11 +121,18 @@ class AutoGaze(nn.Module):
 
     # --- checkpoint I/O ----------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> "AutoGaze":
-        """Load ``config.json`` + ``model.safetensors`` (official format, keys ``gazing_model.*``)."""
-        cfg = AutoGazeConfig.from_pretrained(path)
-        model = cls(cfg)
-        checkpoint.load_into(model, os.fspath(path))
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu", *,
+                        revision: str | None = None) -> "AutoGaze":
+        """Load ``config.json`` + ``model.safetensors`` (official format, keys ``gazing_model.*``).
+
+        ``path``: a local checkpoint folder (always preferred) or a Hugging Face hub id such as
+        ``"nvidia/AutoGaze"``, fetched at ``revision`` (see :func:`autogaze_ext.hub.resolve_pretrained`).
+        ``model.pretrained_info`` then records the id, the snapshot's commit hash and the folder.
+        """
+        folder = resolve_pretrained(path, revision, what=CHECKPOINT_WHAT, allow_patterns=CHECKPOINT_PATTERNS)
+        model = cls(AutoGazeConfig.from_pretrained(folder))
+        checkpoint.load_into(model, folder)
+        model.pretrained_info = describe_pretrained(path, folder, revision)
         return model.to(device).eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
