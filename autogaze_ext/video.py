@@ -155,17 +155,29 @@ class TileGeometry:
 def tile_clip(clip: np.ndarray, geom: TileGeometry, processor: AutoGazeImageProcessor,
               device: torch.device | str = "cpu") -> torch.Tensor:
     """(T, H, W, 3) uint8 -> (tiles, T, 3, 224, 224) normalised float, tiles in row-major order."""
-    T = clip.shape[0]
-    R, C = geom.rows, geom.cols
+    proc = AutoGazeImageProcessor(**canvas_config(processor.config, geom))
+    x = pad_canvas(proc(clip, device=device)[0], geom)  # (T, 3, R*224, C*224)
+    return canvas_to_tiles(x, geom.rows, geom.cols)
+
+
+def canvas_config(config: dict, geom: TileGeometry) -> dict:
+    """A processor config that maps frames onto the tile canvas: resized to it, or kept for padding."""
     if geom.mode == "resize":
-        proc = AutoGazeImageProcessor(**{**processor.config, "size": {"height": R * TILE, "width": C * TILE}})
-        x = proc(clip, device=device)[0]  # (T, 3, R*224, C*224)
-    else:
-        proc = AutoGazeImageProcessor(**{**processor.config, "do_resize": False})
-        x = proc(clip, device=device)[0]
-        x = torch.nn.functional.pad(x, (0, C * TILE - geom.width, 0, R * TILE - geom.height))
-    x = x.view(T, 3, R, TILE, C, TILE).permute(2, 4, 0, 1, 3, 5)
-    return x.reshape(R * C, T, 3, TILE, TILE).contiguous()
+        return {**config, "size": {"height": geom.rows * TILE, "width": geom.cols * TILE}}
+    return {**config, "do_resize": False}
+
+
+def pad_canvas(x: torch.Tensor, geom: TileGeometry) -> torch.Tensor:
+    """Processed frames (..., H', W') up to the canvas: zero (the normalised mean colour) right and bottom."""
+    dh, dw = geom.rows * TILE - x.shape[-2], geom.cols * TILE - x.shape[-1]
+    return torch.nn.functional.pad(x, (0, dw, 0, dh)) if dh or dw else x
+
+
+def canvas_to_tiles(x: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """(T, C, rows*224, cols*224) -> (rows*cols, T, C, 224, 224), tiles in row-major order."""
+    T, ch = x.shape[:2]
+    x = x.reshape(T, ch, rows, TILE, cols, TILE).permute(2, 4, 0, 1, 3, 5)
+    return x.reshape(rows * cols, T, ch, TILE, TILE).contiguous()
 
 
 def stitch_masks(masks: Sequence[torch.Tensor], geom: TileGeometry, grids: Sequence[int]) -> list[torch.Tensor]:

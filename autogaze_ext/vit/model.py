@@ -62,10 +62,15 @@ class GazedViT(nn.Module):
         """Drop the captured block-stack graphs (after replacing parameter tensors or moving the model)."""
         self._graphs.clear()
 
+    # cuda_graphs=None replays graphs only up to this many packed rows: above it the kernels are long enough
+    # that launching them eagerly costs nothing measurable, while every new bucket would pay a capture
+    # (benchmarks/RESULTS.md, "Encode pipeline")
+    GRAPH_MAX_ROWS = 16384
+
     def _use_graphs(self, x: torch.Tensor) -> bool:
         """Graphs need CUDA, the compiled attention kernel (torch's varlen path reads offsets on the host)
-        and no autograd; None picks them whenever that holds."""
-        if self.cuda_graphs is False:
+        and no autograd; None picks them whenever that holds and the call has at most GRAPH_MAX_ROWS rows."""
+        if self.cuda_graphs is False or (self.cuda_graphs is None and x.shape[0] > self.GRAPH_MAX_ROWS):
             return False
         able = (x.is_cuda and self.attention_backend in ("auto", "compiled") and _has_cuda_kernel()
                 and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters()))
