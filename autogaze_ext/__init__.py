@@ -10,6 +10,7 @@ from .config import AutoGazeConfig
 from .model import AutoGaze, GazeOutput, GazeState, exact_fp32
 from ._ops_patches import gather_patches, multiscale_patches, multiscale_pos_table
 from ._ops_preprocess import preprocess
+from .pipeline import EncodeResult, Encoder, VideoFeatures, encode_video, load_features
 from .processor import AutoGazeImageProcessor, AutoGazeProcessor
 from .vit import GazedFeatures, GazedViT, accelerate
 
@@ -20,13 +21,18 @@ __all__ = [
     "AutoGazeConfig",
     "AutoGazeImageProcessor",
     "AutoGazeProcessor",
+    "EncodeResult",
+    "Encoder",
     "GazeOutput",
     "GazeState",
     "GazedFeatures",
     "GazedViT",
+    "VideoFeatures",
     "accelerate",
+    "encode_video",
     "exact_fp32",
     "gather_patches",
+    "load_features",
     "multiscale_patches",
     "multiscale_pos_table",
     "preprocess",
