@@ -2,6 +2,7 @@
 
   autogaze-ext demo                 gaze a generated clip, write an overlay video, print statistics
   autogaze-ext run VIDEO [options]  gaze a video file: overlay video, JSON statistics, progress bar
+  autogaze-ext encode VIDEO_OR_DIR... --out DIR   gazed ViT features, one safetensors file per video
 """
 from __future__ import annotations
 
@@ -40,15 +41,17 @@ def _load_gazer(args):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA GPU is available")
     if args.checkpoint:
-        model = ag.AutoGaze.from_pretrained(args.checkpoint).to(device)
-        has_proc = os.path.isfile(os.path.join(args.checkpoint, "preprocessor_config.json"))
-        proc = ag.AutoGazeImageProcessor.from_pretrained(args.checkpoint) if has_proc else ag.AutoGazeImageProcessor()
-        kw = {"gazing_ratio": args.gazing_ratio, "task_loss_requirement": args.task_loss_requirement,
-              "precision": args.precision}
-        if args.max_error is not None:
+        if args.max_error is not None:  # checked before a possible download
             raise ValueError("--max-error: applies to the training-free gazer; with --checkpoint use "
                              "--task-loss-requirement")
-        name = f"AutoGaze ({args.checkpoint})"
+        # a local folder or a hub id (nvidia/AutoGaze): resolved once, the processor is read from the same folder
+        model = ag.AutoGaze.from_pretrained(args.checkpoint, revision=getattr(args, "revision", None)).to(device)
+        folder, commit = model.pretrained_info["path"], model.pretrained_info["revision"]
+        has_proc = os.path.isfile(os.path.join(folder, "preprocessor_config.json"))
+        proc = ag.AutoGazeImageProcessor.from_pretrained(folder) if has_proc else ag.AutoGazeImageProcessor()
+        kw = {"gazing_ratio": args.gazing_ratio, "task_loss_requirement": args.task_loss_requirement,
+              "precision": args.precision}
+        name = f"AutoGaze ({args.checkpoint}{'@' + commit if commit else ''})"
     else:
         if args.task_loss_requirement is not None:
             raise ValueError("--task-loss-requirement: needs a trained model (--checkpoint); the training-free "
@@ -176,8 +179,9 @@ def _write_json(path: str, stats: dict) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--checkpoint", help="AutoGaze checkpoint folder (config.json + model.safetensors); "
-                                        "default: the training-free greedy gazer")
+    p.add_argument("--checkpoint", help="AutoGaze checkpoint: a folder (config.json + model.safetensors) or a hub "
+                                        "id (e.g. nvidia/AutoGaze); default: the training-free greedy gazer")
+    p.add_argument("--revision", help="hub revision of --checkpoint (branch, tag or commit)")
     p.add_argument("--gazing-ratio", type=float, default=None, help="max share of the 265 tokens per frame and tile")
     p.add_argument("--task-loss-requirement", type=float, default=None,
                    help="AutoGaze early-stop threshold (with --checkpoint)")
@@ -210,6 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", default=None, help="overlay video to write (MP4)")
     r.add_argument("--max-frames", type=int, default=None)
     r.add_argument("--fps", type=float, default=None, help="keep about this many frames per second")
+    from .pipeline.cli import add_parser as add_encode_parser
+
+    add_encode_parser(sub)
     return p
 
 
@@ -223,8 +230,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.frames < 1 or args.size < 8:
                 raise ValueError("--frames must be >= 1 and --size >= 8")
             return _cmd_demo(args)
+        if args.command == "encode":
+            from .pipeline.cli import run as run_encode
+
+            return run_encode(args)
         return _cmd_run(args)
-    except (ValueError, TypeError, FileNotFoundError, ImportError, RuntimeError) as e:
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
