@@ -251,3 +251,29 @@ def test_cli_encode_checks_before_decoding(tmp_path, vit_dir):
         assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
     r = _cli("encode", str(tmp_path / "nope.mp4"), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "nope.mp4" in r.stderr
+
+
+def test_encoder_argument_checks(gazer):
+    vit = tiny_siglip()
+    for kw, msg in [(dict(precision="fp64"), "precision"), (dict(batch_size=0), "batch_size"),
+                    (dict(tile_mode="crop"), "tile_mode"), (dict(device="tpu"), "device"),
+                    (dict(clip_len=17), "clip_len"), (dict(features_dtype=torch.int8), "features_dtype")]:
+        with pytest.raises((ValueError, TypeError, RuntimeError), match=msg):
+            ag.Encoder(gazer, vit, **{"device": "cpu", **kw})
+    with pytest.raises(TypeError, match="gazer"):
+        ag.Encoder(42, vit, device="cpu")
+    with pytest.raises(TypeError, match="vit"):
+        ag.Encoder(gazer, 42, device="cpu")
+    with pytest.raises(ValueError, match="task_loss_requirement"):
+        ag.Encoder(None, vit, device="cpu", task_loss_requirement=0.5)
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    v14 = SiglipVisionModel(SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                               num_attention_heads=2, image_size=224, patch_size=14))
+    with pytest.raises(ValueError, match="16-px patches"):
+        ag.Encoder(gazer, v14, device="cpu")
+    enc = ag.Encoder(gazer, vit, device="cpu")
+    with pytest.raises(ValueError, match="dense"):
+        ag.Encoder(gazer, vit, device="cpu", dense=True).encode(np.zeros((2, 32, 32, 3), np.uint8), "x.safetensors")
+    with pytest.raises(ValueError, match="max_frames"):
+        enc.encode(np.zeros((2, 32, 32, 3), np.uint8), None, max_frames=0)
