@@ -7,6 +7,8 @@ needs, is missing (e.g. CUDA tensors with a CPU-only build). The references doub
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 import re
 from collections.abc import Sequence
@@ -14,11 +16,21 @@ from collections.abc import Sequence
 import torch
 
 EXTENSION_IMPORT_ERROR: ImportError | None = None
+_REBUILD = ("rebuild it against this torch: pip install --no-build-isolation -e . (from the source folder; "
+            "README \"Building\")")
 try:
     from . import _C
-except ImportError as _err:  # not built, or built against a torch whose symbols differ
+except ModuleNotFoundError as _err:  # not built
     _C = None
-    EXTENSION_IMPORT_ERROR = _err
+    EXTENSION_IMPORT_ERROR = ImportError(f"autogaze_ext._C is not built (running torch {torch.__version__}); "
+                                         f"{_REBUILD}")
+    EXTENSION_IMPORT_ERROR.__cause__ = _err
+except ImportError as _err:  # built against a torch whose symbols differ (or a broken build)
+    _C = None
+    EXTENSION_IMPORT_ERROR = ImportError(
+        f"autogaze_ext._C does not load with the running torch {torch.__version__}, most likely because it was "
+        f"built against another torch ({_err}); {_REBUILD}")
+    EXTENSION_IMPORT_ERROR.__cause__ = _err
 else:
     # A module built against another torch minor version may import and then crash: refuse to use it.
     _built = re.match(r"\d+\.\d+", _C.build_info()["torch_version"])
@@ -26,8 +38,13 @@ else:
     if not (_built and _running and _built[0] == _running[0]):
         EXTENSION_IMPORT_ERROR = ImportError(
             f"autogaze_ext._C was built against torch {_C.build_info()['torch_version']} but torch "
-            f"{torch.__version__} is running; rebuild: pip install --no-build-isolation -e .")
+            f"{torch.__version__} is running; {_REBUILD}")
         _C = None
+if EXTENSION_IMPORT_ERROR is not None:  # once per process: this module body runs once
+    import warnings
+
+    warnings.warn(f"{EXTENSION_IMPORT_ERROR}. Until then every op runs its PyTorch reference (same results, "
+                  f"several times slower; HAS_EXTENSION is False).", RuntimeWarning)
 
 HAS_EXTENSION = _C is not None
 HAS_CUDA_KERNELS = HAS_EXTENSION and bool(_C.has_cuda())
@@ -54,9 +71,9 @@ def _check_tensor(x, name: str, dtype: torch.dtype) -> None:
         raise TypeError(f"{name} must have dtype {dtype}, got {x.dtype}")
 
 
-def _check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor) -> None:
+def _check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
     for name, t in others.items():
-        if t.device != ref.device:
+        if t is not None and t.device != ref.device:
             raise ValueError(f"{name} is on {t.device} but {ref_name} on {ref.device}")
 
 
@@ -78,14 +95,121 @@ def _check_int(x, name: str, minimum: int) -> int:
     return x
 
 
+def _check_float(x, name: str, *, positive: bool = False, minimum: float | None = None) -> float:
+    """A finite real number (numpy scalars too, not bool), > 0 when positive, >= minimum when given."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a float, got {type(x).__name__}")
+    x = float(x)
+    if not math.isfinite(x) or (positive and x <= 0) or (minimum is not None and x < minimum):
+        want = " > 0" if positive else f" >= {minimum}" if minimum is not None else ""
+        raise ValueError(f"{name} must be a finite float{want}, got {x}")
+    return x
+
+
+def _as_list(x):
+    """Tensors and numpy arrays as Python lists (sequence arguments may come as either)."""
+    return x.tolist() if hasattr(x, "tolist") and not isinstance(x, (list, tuple, str)) else x
+
+
 def _check_grids(grids) -> tuple[int, ...]:
-    if isinstance(grids, torch.Tensor):
-        grids = grids.tolist()
+    grids = _as_list(grids)
     if not isinstance(grids, Sequence):
         raise TypeError(f"grids must be a sequence of ints (grid side per scale), got {type(grids).__name__}")
     if not 1 <= len(grids) <= MAX_SCALES:
         raise ValueError(f"grids must hold 1 to {MAX_SCALES} grid sides, got {len(grids)}")
     return tuple(_check_int(g, f"grids[{i}]", 1) for i, g in enumerate(grids))
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two tensors view overlapping bytes (strides are never negative in torch). Fake and meta tensors
+    have no memory, and non-tensors are left to the type checks: False."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.numel() == 0 or b.numel() == 0 \
+            or a.device != b.device or a.device.type == "meta" \
+            or torch.compiler.is_compiling() or isinstance(a, torch._subclasses.FakeTensor):
+        return False
+
+    def span(t):
+        lo = t.data_ptr()
+        return lo, lo + (sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _check_written_apart(op: str, written: dict, read: dict) -> None:
+    """Tensors an op writes in place must not share memory with any other of its tensors (the result would
+    depend on the order the kernel reads and writes them). The compiled ops check the same in C++."""
+    items = list(written.items())
+    for i, (name, w) in enumerate(items):
+        for other, t in items[i + 1:] + [(k, v) for k, v in read.items() if v is not None]:
+            if _shares_memory(w, t):
+                raise ValueError(f"{op}: {name} and {other} share memory; {name} is written in place and needs a "
+                                 "buffer of its own")
+
+
+# ------------------------------------------------------------------------------------------------ autograd
+# Each op either has a gradient (the backward differentiates its PyTorch reference) or is an inference op that
+# refuses inputs requiring grad while grad mode is on, instead of returning results that autograd silently
+# disconnects from them. Both are registered as the op's Autograd kernel, so direct torch.ops calls behave like
+# the wrappers; the check reads requires_grad flags only (no sync; free inside CUDA graphs and torch.compile).
+
+
+def _check_no_grad(op: str, **tensors) -> None:
+    if torch.is_grad_enabled():
+        for name, t in tensors.items():
+            if isinstance(t, torch.Tensor) and t.requires_grad:
+                raise RuntimeError(f"{op}: {name} requires grad, but {op} is an inference op without a gradient; "
+                                   f"call it under torch.no_grad() (or pass {name}.detach())")
+
+
+if HAS_EXTENSION:
+    _LIB = torch.library.Library("autogaze_ext", "IMPL")  # the Python kernels registered below
+
+
+def _arg_names(name: str) -> list[str]:
+    return [a.name for a in getattr(torch.ops.autogaze_ext, name).default._schema.arguments]
+
+
+def _register_inference_only(name: str) -> None:
+    """The Autograd kernel of an op without a gradient: _check_no_grad, then the backend kernel."""
+    op = getattr(torch.ops.autogaze_ext, name).default
+    names = _arg_names(name)
+
+    def autograd_kernel(keyset, *args, **kwargs):
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):  # flags only: a few C++ checks
+            _check_no_grad(name, **dict(zip(names, args)))
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args, **kwargs)
+
+    _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+
+
+def _register_reference_autograd(name: str, reference, differentiable: Sequence[str]) -> None:
+    """Gradients of a forward-only op: the backward reruns the op's PyTorch reference (same arguments, same
+    outputs) under autograd and differentiates it. Exact, but it recomputes the forward: made for training
+    and fine-tuning, not for speed. Non-floating outputs (offsets) get no gradient."""
+    names = _arg_names(name)
+    diff = [names.index(n) for n in differentiable]
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*(t if isinstance(t, torch.Tensor) else None for t in inputs))
+        ctx.constants = [None if isinstance(t, torch.Tensor) else t for t in inputs]
+
+    def backward(ctx, *grads):
+        inputs = [t if t is not None else c for t, c in zip(ctx.saved_tensors, ctx.constants)]
+        wanted = [i for i in diff if ctx.needs_input_grad[i]]
+        with torch.enable_grad():
+            for i in wanted:
+                inputs[i] = inputs[i].detach().requires_grad_()
+            outs = reference(*inputs)
+            pairs = [(o, g) for o, g in zip(outs if isinstance(outs, tuple) else (outs,), grads)
+                     if g is not None and o.is_floating_point() and o.requires_grad]
+            got = torch.autograd.grad([o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
+                                      allow_unused=True) if pairs else [None] * len(wanted)
+        by_index = dict(zip(wanted, got))
+        return tuple(by_index.get(i) for i in range(len(inputs)))
+
+    torch.library.register_autograd(f"autogaze_ext::{name}", backward, setup_context=setup_context)
 
 
 # ---------------------------------------------------------------------------------------------- gaze_decode
@@ -168,6 +292,7 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::gaze_decode")
     def _gaze_decode_fake(gazing_pos, if_padded, num_frames, grids):
+        _check_same_device("gazing_pos", gazing_pos, if_padded=if_padded)  # a meta argument among real ones
         B, N = gazing_pos.shape
         V = sum(g * g for g in grids)
         return (gazing_pos.new_empty((B, num_frames, V), dtype=torch.float32),

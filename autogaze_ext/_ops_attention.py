@@ -13,7 +13,9 @@ import math
 
 import torch
 
-from ._ops import HAS_EXTENSION, _check_bool, _check_int, _check_same_device, _check_tensor, _use_compiled
+from . import _ops
+from ._ops import (HAS_EXTENSION, _check_bool, _check_int, _check_no_grad, _check_same_device, _check_tensor,
+                   _check_written_apart, _use_compiled)
 
 MAX_HEAD_DIM = 256
 _START_BOUND = 1 << 40  # any start beyond +-2^40 behaves like the bound; keeps start + i from overflowing
@@ -56,10 +58,11 @@ def _check_rope_cache_write_args(qkv, positions, inv_freq, k_cache, v_cache, sta
             raise ValueError(f"{name} must be contiguous (it is written in place)")
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must match k_cache {tuple(k_cache.shape)}")
-    if k_cache is v_cache:
-        raise ValueError("k_cache and v_cache must be different tensors")
     _check_same_device("qkv", qkv, positions=positions, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache,
                        start=start)
+    _check_written_apart("rope_cache_write", {"k_cache": k_cache, "v_cache": v_cache},
+                         {"qkv": qkv, "positions": positions, "inv_freq": inv_freq, "start": start})
+    _check_no_grad("rope_cache_write", qkv=qkv, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache)
     return d
 
 
@@ -140,6 +143,20 @@ def _check_cache_attention_args(q, k_cache, v_cache, key_valid, start) -> None:
     if key_valid.shape != (B, L):
         raise ValueError(f"key_valid must be (B, L) = {(B, L)}, got shape {tuple(key_valid.shape)}")
     _check_same_device("q", q, k_cache=k_cache, v_cache=v_cache, key_valid=key_valid, start=start)
+    _check_no_grad("cache_attention", q=q, k_cache=k_cache, v_cache=v_cache)
+
+
+def attend_values(p: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """p @ v with the keys a query may not see truly absent: a NaN or inf value of a masked key (p = 0) must not
+    reach the output as 0 * inf = NaN, while those of visible keys count as IEEE sums would (NaN; +-inf, NaN
+    where both signs meet). p (..., n, L), v (..., L, d), allowed (..., n, L) broadcastable to p. No host sync."""
+    finite = torch.isfinite(v)
+    out = torch.matmul(p, torch.where(finite, v, 0))
+    inf = float("inf")
+    flags = torch.cat([v.isnan(), v == inf, v == -inf], dim=-1).to(p.dtype)  # which visible keys are not finite
+    nan, pos, neg = torch.matmul(allowed.to(p.dtype), flags).split(v.shape[-1], dim=-1)
+    out = torch.where(pos > 0, inf, torch.where(neg > 0, -inf, out))
+    return torch.where((nan > 0) | ((pos > 0) & (neg > 0)), float("nan"), out)
 
 
 def cache_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -164,7 +181,7 @@ def cache_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: t
         allowed = (key_valid[sl, None, None, :] & causal) | diag  # (rows, 1, n, L)
         sc = torch.matmul(q[sl], kk.transpose(-1, -2)) * scale
         p = torch.softmax(sc.masked_fill(~allowed, float("-inf")), dim=-1)
-        outs.append(torch.matmul(p, vv))
+        outs.append(attend_values(p, vv, allowed))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
@@ -176,7 +193,9 @@ def cache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     (query head h reads kv head h // (H // KVH)); key_valid: (B, L) bool; start: 1-element int64 tensor on
     the same device. Query i sits at slot start + i and attends keys j <= start + i with key_valid[b, j] or
     j == start + i; scale 1/sqrt(d), fp32 softmax. Returns (B, H, n, d) float32. A query with nothing to
-    attend (its slot outside the cache and no valid key below it) gets NaN. tf32=True: on a GPU the products
+    attend (its slot outside the cache and no valid key below it) gets NaN. Keys a query may not see are absent:
+    a NaN or inf in their cache rows does not reach its output (CPU kernel and reference; the CUDA kernels
+    still weight masked values by 0, see the NaN/Inf policy in the README). tf32=True: on a GPU the products
     of calls with more than 16 queries and d = 32 (prefills) run on TF32 tensor cores (outputs within ~1e-4
     relative of fp32); everything else, and the CPU, computes in fp32.
     """
@@ -191,9 +210,16 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::rope_cache_write")
     def _rope_cache_write_fake(qkv, positions, inv_freq, k_cache, v_cache, start, num_heads, num_kv_heads):
+        _check_same_device("qkv", qkv, positions=positions, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache,
+                           start=start)  # a meta argument among real ones
         B, n, width = qkv.shape
         return qkv.new_empty((B, num_heads, n, width // (num_heads + 2 * num_kv_heads)))
 
     @torch.library.register_fake("autogaze_ext::cache_attention")
     def _cache_attention_fake(q, k_cache, v_cache, key_valid, start, tf32=False):
+        _check_same_device("q", q, k_cache=k_cache, v_cache=v_cache, key_valid=key_valid, start=start)
         return q.new_empty(q.shape)
+
+    # Inference ops: they write a KV cache in place / read one, and nothing trains through them.
+    _ops._register_inference_only("rope_cache_write")
+    _ops._register_inference_only("cache_attention")

@@ -11,12 +11,11 @@ references.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
-from ._ops import HAS_EXTENSION, _check_bool, _check_int, _check_tensor, _use_compiled
+from . import _ops
+from ._ops import (HAS_EXTENSION, _check_bool, _check_float, _check_int, _check_no_grad, _check_same_device,
+                   _check_tensor, _check_written_apart, _use_compiled)
 from ._ops_attention import (_check_cache_attention_args, _check_rope_cache_write_args, cache_attention_reference,
                              rope_cache_write_reference)
 from ._ops_linear import fused_linear_reference
@@ -28,8 +27,7 @@ def _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_val
     KVH = _check_int(num_kv_heads, "num_kv_heads", 1)
     if H % KVH:
         raise ValueError(f"num_heads ({H}) must be a multiple of num_kv_heads ({KVH})")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be a finite float >= 0, got {eps!r}")
+    _check_float(eps, "eps", positive=True)  # the RMSNorms' epsilon
     for name, t in [("x", x), ("w_qkv", w_qkv), ("w_o", w_o), ("w_gu", w_gu), ("w_down", w_down),
                     ("norm_attn", norm_attn), ("norm_mlp", norm_mlp)]:
         _check_tensor(t, name, torch.float32)
@@ -45,9 +43,11 @@ def _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_val
         raise ValueError("k_cache must hold at least one layer")
     want = {"w_qkv": (layers, (H + 2 * KVH) * d, D), "w_o": (layers, D, H * d), "norm_attn": (layers, D),
             "norm_mlp": (layers, D)}
+    shapes = {"w_qkv": "(layers, (num_heads + 2*num_kv_heads) * d, hidden)", "w_o": "(layers, hidden, num_heads * d)",
+              "norm_attn": "(layers, hidden)", "norm_mlp": "(layers, hidden)"}
     for name, t in [("w_qkv", w_qkv), ("w_o", w_o), ("norm_attn", norm_attn), ("norm_mlp", norm_mlp)]:
         if tuple(t.shape) != want[name]:
-            raise ValueError(f"{name} must be {want[name]}, got shape {tuple(t.shape)}")
+            raise ValueError(f"{name} must be {shapes[name]} = {want[name]}, got shape {tuple(t.shape)}")
     if w_gu.dim() != 3 or w_gu.shape[0] != layers or w_gu.shape[1] % 2 or w_gu.shape[2] != D:
         raise ValueError(f"w_gu must be (layers, 2 * intermediate, hidden) = ({layers}, 2I, {D}), "
                          f"got shape {tuple(w_gu.shape)}")
@@ -58,8 +58,12 @@ def _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_val
         raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must match k_cache {tuple(k_cache.shape)}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("k_cache and v_cache must be contiguous (they are written in place)")
-    if k_cache.data_ptr() == v_cache.data_ptr():
-        raise ValueError("k_cache and v_cache must be different tensors")
+    weights = {"w_qkv": w_qkv, "w_o": w_o, "w_gu": w_gu, "w_down": w_down, "norm_attn": norm_attn,
+               "norm_mlp": norm_mlp}
+    _check_written_apart("decoder_layers", {"k_cache": k_cache, "v_cache": v_cache},
+                         {"x": x, "positions": positions, "inv_freq": inv_freq, "key_valid": key_valid, "start": start,
+                          **weights})
+    _check_no_grad("decoder_layers", x=x, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache, **weights)
     # positions, inv_freq, key_valid, start and the per-layer cache shapes: the checks of the chained ops
     B, n = x.shape[:2]
     _check_rope_cache_write_args(x.new_empty(B, n, (H + 2 * KVH) * d), positions, inv_freq, k_cache[0], v_cache[0],
@@ -132,5 +136,11 @@ if HAS_EXTENSION:
     @torch.library.register_fake("autogaze_ext::decoder_layers")
     def _decoder_layers_fake(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
                              norm_attn, norm_mlp, eps, num_heads, num_kv_heads, last_only=False):
+        _check_same_device("x", x, positions=positions, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache,
+                           key_valid=key_valid, start=start, w_qkv=w_qkv, w_o=w_o, w_gu=w_gu, w_down=w_down,
+                           norm_attn=norm_attn, norm_mlp=norm_mlp)  # a meta argument among real ones
         B, n, D = x.shape
         return x.new_empty((B, torch.sym_min(n, 1), D) if last_only else (B, n, D))
+
+    # An inference op (it writes the KV caches in place); training runs the decoder modules (model/decoder.py).
+    _ops._register_inference_only("decoder_layers")

@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._ops import HAS_EXTENSION, _check_int, _check_same_device, _check_tensor, _use_compiled
+from . import _ops
+from ._ops import (HAS_EXTENSION, _check_int, _check_no_grad, _check_same_device, _check_tensor, _check_written_apart,
+                   _use_compiled)
 
 
 def frame_begin_reference(pend: torch.Tensor, pend_len: torch.Tensor, vision: torch.Tensor, t: torch.Tensor,
@@ -63,6 +65,14 @@ def _check_frame_begin_args(pend, pend_len, vision, t, embed_weight, start, key_
     for name in ("key_valid", "count", "tail_pos"):
         if not args[name][0].is_contiguous():
             raise ValueError(f"{name} is updated in place and must be contiguous")
+    _check_in_place("frame_begin", {"pend": (pend, None), **args}, ("key_valid", "count", "tail_pos"))
+    _check_no_grad("frame_begin", vision=vision, embed_weight=embed_weight)
+
+
+def _check_in_place(op: str, args: dict, written: tuple[str, ...]) -> None:
+    """frame_begin / frame_end: the tensors written in place apart from each other and from the ones read."""
+    _check_written_apart(op, {name: args[name][0] for name in written},
+                         {name: t for name, (t, _) in args.items() if name not in written})
 
 
 def frame_begin(pend: torch.Tensor, pend_len: torch.Tensor, vision: torch.Tensor, t: torch.Tensor,
@@ -139,6 +149,8 @@ def _check_frame_end_args(fids, n, frame_start, t, key_valid, count, pend, pend_
     for name in ("key_valid", "count", "pend", "pend_len", "out_ids", "out_n"):
         if not args[name][0].is_contiguous():
             raise ValueError(f"{name} is updated in place and must be contiguous")
+    _check_in_place("frame_end", {"fids": (fids, None), **args},
+                    ("key_valid", "count", "pend", "pend_len", "out_ids", "out_n"))
 
 
 def frame_end(fids: torch.Tensor, n: torch.Tensor, frame_start: torch.Tensor, t: torch.Tensor,
@@ -166,10 +178,18 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::frame_begin")
     def _frame_begin_fake(pend, pend_len, vision, t, embed_weight, start, key_valid, count, tail_pos, eos):
+        _check_same_device("pend", pend, pend_len=pend_len, vision=vision, t=t, embed_weight=embed_weight,
+                           start=start, key_valid=key_valid, count=count, tail_pos=tail_pos)  # meta among real
         B, K = pend.shape
         P = K + vision.shape[2]
         return vision.new_empty((B, P, vision.shape[3])), pend.new_empty((B, P))
 
     @torch.library.register_fake("autogaze_ext::frame_end")
     def _frame_end_fake(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n, eos):
+        _check_same_device("fids", fids, n=n, frame_start=frame_start, t=t, key_valid=key_valid, count=count,
+                           pend=pend, pend_len=pend_len, out_ids=out_ids, out_n=out_n)  # meta among real
         return None
+
+    # Inference ops: decoding bookkeeping, updated in place.
+    _ops._register_inference_only("frame_begin")
+    _ops._register_inference_only("frame_end")

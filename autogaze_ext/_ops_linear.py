@@ -5,14 +5,11 @@ Python face of torch.ops.autogaze_ext.fused_linear: argument checks, fake kernel
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 import torch.nn.functional as F
 
 from . import _ops
-from ._ops import _check_bool, _check_tensor, _use_compiled
+from ._ops import _check_bool, _check_float, _check_same_device, _check_tensor, _use_compiled
 
 MAX_K = 1024  # kFusedLinearMaxK in csrc/cuda/fused_linear.h
 
@@ -36,10 +33,9 @@ def _check_fused_linear_args(x, weight, norm_weight, eps, residual, swiglu) -> i
     _check_tensor(x, "x", torch.float32)
     _check_tensor(weight, "weight", torch.float32)
     _check_bool(swiglu, "swiglu")
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
-        raise TypeError(f"eps must be a float, got {type(eps).__name__}")
-    if not math.isfinite(eps) or eps < 0:
-        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    # eps is only read by the RMSNorm prologue, where it must keep rsqrt finite
+    if _check_float(eps, "eps", minimum=0.0) == 0 and norm_weight is not None:
+        raise ValueError("eps must be > 0 with norm_weight (RMSNorm of a zero row would be NaN), got 0.0")
     if x.dim() < 1:
         raise ValueError("x must be (..., K), got a 0-d tensor")
     K = x.shape[-1]
@@ -94,9 +90,14 @@ if _ops.HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::fused_linear")
     def _fused_linear_fake(x, weight, norm_weight, eps, residual, swiglu):
+        _check_same_device("x", x, weight=weight, norm_weight=norm_weight, residual=residual)  # meta among real
         torch._check(x.dim() == 2 and weight.dim() == 2, lambda: "fused_linear: x and weight must be 2-D")
         torch._check(x.dtype == torch.float32 and weight.dtype == torch.float32,
                      lambda: "fused_linear: x and weight must be float32")
         torch._check(weight.shape[1] == x.shape[1], lambda: "fused_linear: weight must be (N, K)")
         n = weight.shape[0] // 2 if swiglu else weight.shape[0]
         return x.new_empty((x.shape[0], n))
+
+    # Differentiable (a building block users may train with): x, weight, norm_weight and residual get gradients.
+    _ops._register_reference_autograd("fused_linear", fused_linear_reference,
+                                      ["x", "weight", "norm_weight", "residual"])

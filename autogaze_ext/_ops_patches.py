@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from . import _ops
-from ._ops import MAX_SCALES, _check_bool, _check_gaze_ids, _check_int, _check_tensor, _use_compiled
+from ._ops import (MAX_SCALES, _as_list, _check_bool, _check_gaze_ids, _check_int, _check_same_device, _check_tensor,
+                   _use_compiled)
 
 NATIVE_SCALES = (32, 64, 112, 224)
 NATIVE_PATCH = 16
@@ -38,8 +39,7 @@ def _check_layout(scales, patch) -> tuple[tuple[int, ...], int]:
     patch = _check_int(patch, "patch", 1)
     if patch > MAX_PATCH:
         raise ValueError(f"patch must be <= {MAX_PATCH}, got {patch}")
-    if isinstance(scales, torch.Tensor):
-        scales = scales.tolist()
+    scales = _as_list(scales)
     if not isinstance(scales, Sequence) or isinstance(scales, str):
         raise TypeError(f"scales must be a sequence of ints (side per scale), got {type(scales).__name__}")
     if not 1 <= len(scales) <= MAX_SCALES:
@@ -87,6 +87,7 @@ def multiscale_patches(frames: torch.Tensor, scales: Sequence[int] = NATIVE_SCAL
     align_corners=False) arithmetic, cut into patch x patch patches (row-major, channel-major flattening,
     a remainder narrower than a patch dropped), and the scales are concatenated; V = sum((s // patch)^2)
     (265 for the native 32/64/112/224 @ 16, 1060 for 56/112/196/392 @ 14). Frames may be non-square.
+    Differentiable (the backward differentiates the reference: exact, not fast).
     """
     _check_frames(frames, "frames", None)
     scales, patch = _check_layout(scales, patch)
@@ -137,10 +138,8 @@ def multiscale_pos_table(pos_embed: torch.Tensor, grids: Sequence[int]) -> torch
     grids = _ops._check_grids(grids)
     D = pos_embed.shape[1]
     x = pos_embed.to(torch.float32).reshape(1, G, G, D).permute(0, 3, 1, 2).contiguous()
-    # The table is the patch sequence of a D-channel G x G "image" with 1-pixel patches. The kernels have no
-    # backward: a table that needs gradients comes from the (differentiable) reference.
-    needs_grad = torch.is_grad_enabled() and pos_embed.requires_grad
-    if _use_compiled(x) and max(grids) <= MAX_GRID and not needs_grad:
+    # The table is the patch sequence of a D-channel G x G "image" with 1-pixel patches (differentiable).
+    if _use_compiled(x) and max(grids) <= MAX_GRID:
         table = torch.ops.autogaze_ext.multiscale_patches(x, list(grids), 1)[0]
     else:
         table = multiscale_pos_table_reference(pos_embed.to(torch.float32), grids)
@@ -233,7 +232,8 @@ def gather_patches(frames: torch.Tensor, gazing_pos: torch.Tensor, if_padded: to
     (token 0 of the video), plus cu_seqlens of the non-padded slots.
 
     validate=True raises ValueError for a non-padded id outside [0, T*V) (one host sync; skipped while
-    torch.compile traces); without validation such ids count as padded.
+    torch.compile traces); without validation such ids count as padded. Differentiable in frames, weight, bias
+    and pos_table (the backward differentiates the dense reference: exact, but it builds the pyramids).
     """
     scales, patch, weight = _check_gather_args(frames, gazing_pos, if_padded, scales, patch, weight, bias,
                                                pos_table)
@@ -276,9 +276,16 @@ if _ops.HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::gather_patches")
     def _gather_patches_fake(frames, gazing_pos, if_padded, scales, patch, weight, bias, pos_table, packed_rows):
+        _check_same_device("frames", frames, gazing_pos=gazing_pos, if_padded=if_padded, weight=weight, bias=bias,
+                           pos_table=pos_table)  # a meta argument among real ones
         torch._check(frames.dim() == 5 and gazing_pos.dim() == 2, lambda: "gather_patches: bad ranks")
         B, N = gazing_pos.shape
         width = weight.shape[0] if weight is not None else frames.shape[2] * patch * patch
         dtype = weight.dtype if weight is not None else frames.dtype
         shape = (B, N, width) if packed_rows < 0 else (packed_rows, width)
         return frames.new_empty(shape, dtype=dtype), gazing_pos.new_empty((B + 1,), dtype=torch.int32)
+
+    # Differentiable: the ViT these feed may be fine-tuned (frames, the patch embedding and the position table).
+    _ops._register_reference_autograd("multiscale_patches", multiscale_patches_reference, ["frames"])
+    _ops._register_reference_autograd("gather_patches", gather_patches_reference,
+                                      ["frames", "weight", "bias", "pos_table"])

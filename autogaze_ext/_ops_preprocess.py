@@ -12,13 +12,14 @@ the 0..255 scale) are resized like a Pillow "F" image per channel (double taps a
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
 
 from . import _ops
-from ._ops import _check_int, _use_compiled
+from ._ops import _as_list, _check_float, _check_int, _check_no_grad, _use_compiled
 from .processor import AutoGazeImageProcessor, output_size
 
 MAX_SIDE = 1 << 20
@@ -33,11 +34,21 @@ def _processor_args(processor) -> dict:
         raise TypeError(f"processor must be an AutoGazeImageProcessor, a config dict or None, "
                         f"got {type(processor).__name__}")
     c = processor.config
-    rescale = float(c["rescale_factor"]) if c["do_rescale"] else 1.0
-    mean, std = (list(map(float, c["image_mean"])), list(map(float, c["image_std"]))) if c["do_normalize"] \
-        else ([0.0] * 3, [1.0] * 3)
-    if len(mean) != 3 or len(std) != 3 or 0.0 in std:
-        raise ValueError(f"processor: image_mean and image_std must hold 3 values (std non-zero), got {mean}, {std}")
+    size = c["size"]
+    if c["do_resize"] and not (isinstance(size, Mapping) and size and all(
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in size.values())):
+        raise ValueError(f"processor: size must map 'shortest_edge' (or 'height' and 'width') to positive ints, "
+                         f"got {size!r}")
+    rescale = _check_float(c["rescale_factor"], "processor: rescale_factor", positive=True) if c["do_rescale"] else 1.0
+    mean, std = ([0.0] * 3, [1.0] * 3)
+    if c["do_normalize"]:
+        mean, std = (_as_list(c["image_mean"]), _as_list(c["image_std"]))
+        if not (isinstance(mean, (list, tuple)) and isinstance(std, (list, tuple)) and len(mean) == len(std) == 3):
+            raise ValueError(f"processor: image_mean and image_std must hold 3 values each, got {mean}, {std}")
+        mean = [_check_float(m, f"processor: image_mean[{i}]") for i, m in enumerate(mean)]
+        std = [_check_float(v, f"processor: image_std[{i}]") for i, v in enumerate(std)]
+        if 0.0 in std:
+            raise ValueError(f"processor: image_std must be non-zero, got {std}")
     return dict(config=c, rescale=rescale, offset=bool(c["offset"] and c["do_rescale"]), mean=mean, std=std)
 
 
@@ -83,6 +94,7 @@ def preprocess(frames: torch.Tensor, processor=None, model_size: int | None = 22
     the same tensor as processed when it already is S x S or model_size is None/0.
     """
     frames = _check_frames(frames)
+    _check_no_grad("preprocess", frames=frames)
     args = _processor_args(processor)
     size = 0 if model_size is None else _check_int(model_size, "model_size", 0)
     if size > MAX_SIDE:
@@ -91,7 +103,8 @@ def preprocess(frames: torch.Tensor, processor=None, model_size: int | None = 22
     c = args["config"]
     oh, ow = output_size(H, W, c["size"]) if c["do_resize"] else (H, W)
     if not (1 <= oh <= MAX_SIDE and 1 <= ow <= MAX_SIDE):
-        raise ValueError(f"processor: output size {(oh, ow)} out of range for frames {(H, W)}")
+        raise ValueError(f"processor: size {c['size']} gives an output size {(oh, ow)} outside [1, {MAX_SIDE}] for "
+                         f"frames {(H, W)}")
     if (oh, ow) == (size, size):
         size = 0
     x = frames.reshape(B * T, H, W, 3)
@@ -124,3 +137,6 @@ if _ops.HAS_EXTENSION:
         processed = frames.new_empty((N, 3, out_h, out_w), dtype=torch.float32)
         shape = (N, 3, model_size, model_size) if model_size > 0 else (0,)
         return processed, frames.new_empty(shape, dtype=torch.float32)
+
+    # An inference op (Pillow's fixed-point resize has no useful gradient).
+    _ops._register_inference_only("preprocess")

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ._ops import HAS_EXTENSION, _check_tensor, _use_compiled
+from . import _ops
+from ._ops import (HAS_EXTENSION, _check_no_grad, _check_same_device, _check_tensor, _check_written_apart,
+                   _use_compiled)
 
 _NEG_INF = float("-inf")
 
@@ -87,6 +89,10 @@ def _check_select_step_args(logits, loss_pred, cap, req, has_req, banned, unfini
     for name, t in (("banned", banned), ("unfinished", unfinished), ("fids", fids)):
         if not t.is_contiguous():
             raise ValueError(f"{name} is updated in place and must be contiguous")
+    written = ("banned", "unfinished", "fids", "n", "first", "active")
+    _check_written_apart("select_step", {name: args[name][0] for name in written},
+                         {"logits": logits, **{name: t for name, (t, _, _) in args.items() if name not in written}})
+    _check_no_grad("select_step", logits=logits, loss_pred=loss_pred, req=req)
 
 
 def select_step(logits: torch.Tensor, loss_pred: torch.Tensor, cap: torch.Tensor, req: torch.Tensor,
@@ -112,5 +118,10 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::select_step")
     def _select_step_fake(logits, loss_pred, cap, req, has_req, banned, unfinished, fids, n, first, active):
+        _check_same_device("logits", logits, loss_pred=loss_pred, cap=cap, req=req, has_req=has_req, banned=banned,
+                           unfinished=unfinished, fids=fids, n=n, first=first, active=active)  # meta among real
         B, K, _ = logits.shape
         return logits.new_empty((B, K), dtype=torch.int64)
+
+    # An inference op (argmax selection); it updates the frame state in place.
+    _ops._register_inference_only("select_step")

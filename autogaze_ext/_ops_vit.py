@@ -8,13 +8,12 @@ mode fits it, else scaled_dot_product_attention per video with a boolean block m
 
 from __future__ import annotations
 
-import math
-import numbers
 
 import torch
 import torch.nn.functional as F
 
-from ._ops import HAS_EXTENSION, _check_int, _use_compiled
+from . import _ops
+from ._ops import HAS_EXTENSION, _check_float, _check_int, _check_same_device, _use_compiled
 
 MODES = ("block_causal", "causal", "bidirectional", "frame_independent")
 MAX_HEAD_DIM = 256
@@ -54,8 +53,7 @@ def _check_varlen_attention_args(q, k, v, cu_seqlens, cu_frames, mode, scale, nu
         raise ValueError("q must be contiguous (call .contiguous() first)")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if isinstance(scale, bool) or not isinstance(scale, numbers.Real) or not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"scale must be a finite float > 0, got {scale!r}")
+    _check_float(scale, "scale", positive=True)
     _check_int(num_prefix, "num_prefix", 0)
 
 
@@ -280,25 +278,11 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::varlen_attention")
     def _varlen_attention_fake(q, k, v, cu_seqlens, cu_frames, mode, scale, num_prefix):
+        _check_same_device("q", q, k=k, v=v, cu_seqlens=cu_seqlens, cu_frames=cu_frames)  # meta among real
         torch._check(q.dim() == 3 and k.shape == q.shape and v.shape == q.shape,
                      lambda: "varlen_attention: q, k, v must be (total, heads, head_dim) of one shape")
         return q.new_empty(q.shape)
 
-    def _varlen_attention_setup(ctx, inputs, output):
-        q, k, v, cu_seqlens, cu_frames, mode, scale, num_prefix = inputs
-        ctx.save_for_backward(q, k, v, cu_seqlens, cu_frames)
-        ctx.settings = (mode, scale, num_prefix)
-
-    def _varlen_attention_backward(ctx, grad):
-        """Gradients by differentiating the PyTorch reference (the kernels are forward-only): exact, and
-        O(chunk * keys) memory, but not fast."""
-        q, k, v, cu_seqlens, cu_frames = ctx.saved_tensors
-        needs = ctx.needs_input_grad[:3]
-        with torch.enable_grad():
-            inputs = [t.detach().requires_grad_(n) for t, n in zip((q, k, v), needs)]
-            out = varlen_attention_reference(*inputs, cu_seqlens, cu_frames, *ctx.settings)
-            grads = iter(torch.autograd.grad(out, [t for t in inputs if t.requires_grad], grad))
-        return tuple(next(grads) if n else None for n in needs) + (None,) * 5
-
-    torch.library.register_autograd("autogaze_ext::varlen_attention", _varlen_attention_backward,
-                                    setup_context=_varlen_attention_setup)
+    # Gradients for q, k, v from the PyTorch reference (the kernels are forward-only): exact, O(chunk * keys)
+    # memory, but not fast.
+    _ops._register_reference_autograd("varlen_attention", varlen_attention_reference, ["q", "k", "v"])

@@ -1,6 +1,8 @@
 """Cutting long videos into the 16-frame clips the gaze model works on (spec §2.3)."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 
@@ -12,8 +14,11 @@ def split_clips(video: torch.Tensor, clip_len: int = 16, pad_last: bool = True):
     """
     if not isinstance(video, torch.Tensor) or video.ndim < 2:
         raise TypeError("video: expected a tensor (B, T, ...)")
-    if not isinstance(clip_len, int) or clip_len < 1:
+    if isinstance(clip_len, bool) or not isinstance(clip_len, numbers.Integral) or clip_len < 1:
         raise ValueError(f"clip_len: expected a positive int, got {clip_len!r}")
+    if not isinstance(pad_last, bool):
+        raise TypeError(f"pad_last: expected a bool, got {type(pad_last).__name__}")
+    clip_len = int(clip_len)
     B, T = video.shape[:2]
     n = -(-T // clip_len) if pad_last else T // clip_len
     if n == 0:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -122,75 +124,170 @@ class VisionConfig:
     trunk_spatial_kernel_size: int
 
 
-@dataclass
+_MISSING = object()
+
+
+class _Fields:
+    """Reads the typed fields of a config dictionary; every error names the source (the file), the field's
+    dotted path and what was expected."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def error(self, path: str, expected: str, value) -> ValueError:
+        return ValueError(f"{self.source}: field {path!r} must be {expected}, got {value!r:.100}")
+
+    def get(self, d: dict, key: str, path: str, default=_MISSING):
+        value = d.get(key) if isinstance(d, dict) else None
+        if value is None:  # absent or null: the default (HF configs write null for "use the default")
+            if default is _MISSING:
+                raise ValueError(f"{self.source}: missing field {path + key!r}")
+            return default
+        return value
+
+    def section(self, d: dict, key: str, path: str = "", default=_MISSING) -> dict:
+        value = self.get(d, key, path, default)
+        if not isinstance(value, dict):
+            raise self.error(path + key, "an object", value)
+        return value
+
+    def int(self, d: dict, key: str, path: str = "", default=_MISSING, minimum: int = 1) -> int:
+        value = self.get(d, key, path, default)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # 192.0 in a hand-written config
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+            raise self.error(path + key, f"an integer >= {minimum}", value)
+        return int(value)
+
+    def float(self, d: dict, key: str, path: str = "", default=_MISSING, positive: bool = True) -> float:
+        value = self.get(d, key, path, default)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or (positive and value <= 0) or value < 0:
+            raise self.error(path + key, "a finite number " + ("> 0" if positive else ">= 0"), value)
+        return float(value)
+
+
+def _parse_scales(f: _Fields, raw: dict) -> list[int]:
+    """``scales``: side lengths joined by '+' ("32+64+112+224"), as the official config writes them."""
+    value = f.get(raw, "scales", "")
+    parts = str(value).split("+") if isinstance(value, (str, numbers.Integral)) and not isinstance(value, bool) else []
+    if not parts or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise f.error("scales", "positive side lengths joined by '+' (e.g. \"32+64+112+224\")", value)
+    return sorted(int(p) for p in parts)
+
+
+def _check_rope_scaling(f: _Fields, value, path: str) -> dict | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise f.error(path, "an object or null", value)
+    kind = value.get("rope_type", value.get("type", "default"))
+    if kind not in ("default", "llama3"):
+        raise f.error(path + ".rope_type", "'default' or 'llama3'", kind)
+    if kind == "llama3":
+        p = path + "."
+        f.float(value, "factor", p)
+        low, high = f.float(value, "low_freq_factor", p), f.float(value, "high_freq_factor", p)
+        if high <= low:
+            raise f.error(p + "high_freq_factor", f"> low_freq_factor ({low})", high)
+        f.int(value, "original_max_position_embeddings", p)
+    return value
+
+
+@dataclass(repr=False)
 class AutoGazeConfig:
     """Typed view of an AutoGaze ``config.json``.
 
     ``AutoGazeConfig()`` gives the released architecture; ``AutoGazeConfig.from_dict(d)`` and
-    ``AutoGazeConfig.from_pretrained(dir)`` read the official format.
+    ``AutoGazeConfig.from_pretrained(dir)`` read the official format. Every field the model uses is checked
+    (type and range); errors name the file, the field and what was expected.
     """
 
     raw: dict[str, Any] = field(default_factory=released_config_dict)
+    source: str = field(default="config", compare=False)  # how errors name it: "config '<file>'" when read
 
     def __post_init__(self) -> None:
         r = self.raw
         if not isinstance(r, dict):
-            raise TypeError(f"config: expected a dict, got {type(r).__name__}")
-        try:
-            gm = r["gaze_model_config"]
-            vm, dec = gm["vision_model_config"], gm["gaze_decoder_config"]
-            self.scales = sorted(int(s) for s in str(r["scales"]).split("+"))
-            self.num_vision_tokens_each_frame = int(r["num_vision_tokens_each_frame"])
-            self.max_num_frames = int(r.get("max_num_frames", 16))
-            self.input_img_size = int(gm.get("input_img_size", 224))
-            self.vision = VisionConfig(
-                hidden_dim=int(vm.get("hidden_dim", 192)),
-                out_dim=int(vm.get("out_dim", 192)),
-                depth=int(vm.get("depth", 1)),
-                kernel_size=int(vm.get("kernel_size", 16)),
-                temporal_patch_size=int(vm.get("temporal_patch_size", 1)),
-                trunk_temporal_kernel_size=int(vm.get("trunk_temporal_kernel_size", 3)),
-                trunk_spatial_kernel_size=int(vm.get("trunk_spatial_kernel_size", 3)),
-            )
-            hidden = int(dec["hidden_size"])
-            heads = int(dec["num_attention_heads"])
-            self.decoder = DecoderConfig(
-                # The official code derives the vocabulary from the token count (+1 for EOS).
-                vocab_size=self.num_vision_tokens_each_frame + 1,
-                hidden_size=hidden,
-                intermediate_size=int(dec["intermediate_size"]),
-                num_layers=int(dec["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=int(dec.get("num_key_value_heads") or heads),
-                head_dim=int(dec.get("head_dim") or hidden // heads),
-                rms_norm_eps=float(dec.get("rms_norm_eps", 1e-6)),
-                rope_theta=float(dec.get("rope_theta", 10000.0)),
-                rope_scaling=dec.get("rope_scaling"),
-                eos_token_id=self.num_vision_tokens_each_frame,
-                num_multi_token_pred=int(dec.get("num_multi_token_pred", 1)),
-                top_k=int(dec.get("top_k", 50)),
-            )
-        except KeyError as e:
-            raise ValueError(f"config: missing field {e} in the AutoGaze config") from None
+            raise TypeError(f"{self.source}: expected a dict, got {type(r).__name__}")
+        f = _Fields(self.source)
+        self.scales = _parse_scales(f, r)
+        self.num_vision_tokens_each_frame = f.int(r, "num_vision_tokens_each_frame")
+        self.max_num_frames = f.int(r, "max_num_frames", default=16)
+        gm = f.section(r, "gaze_model_config")
+        vm = f.section(gm, "vision_model_config", "gaze_model_config.")
+        dec = f.section(gm, "gaze_decoder_config", "gaze_model_config.")
+        self.input_img_size = f.int(gm, "input_img_size", "gaze_model_config.", default=224)
+        p = "gaze_model_config.vision_model_config."
+        self.vision = VisionConfig(
+            hidden_dim=f.int(vm, "hidden_dim", p, 192),
+            out_dim=f.int(vm, "out_dim", p, 192),
+            depth=f.int(vm, "depth", p, 1),
+            kernel_size=f.int(vm, "kernel_size", p, 16),
+            temporal_patch_size=f.int(vm, "temporal_patch_size", p, 1),
+            trunk_temporal_kernel_size=f.int(vm, "trunk_temporal_kernel_size", p, 3),
+            trunk_spatial_kernel_size=f.int(vm, "trunk_spatial_kernel_size", p, 3),
+        )
         if self.vision.temporal_patch_size != 1:
-            raise ValueError("config: only temporal_patch_size == 1 is supported (as released)")
+            raise f.error(p + "temporal_patch_size", "1 (as released; the only one supported)",
+                          self.vision.temporal_patch_size)
+        if self.vision.trunk_spatial_kernel_size % 2 == 0:  # odd kernels keep the grid's size
+            raise f.error(p + "trunk_spatial_kernel_size", "odd", self.vision.trunk_spatial_kernel_size)
+        if self.vision.kernel_size > self.input_img_size:
+            raise f.error(p + "kernel_size", f"<= input_img_size ({self.input_img_size})", self.vision.kernel_size)
+        p = "gaze_model_config.gaze_decoder_config."
+        hidden = f.int(dec, "hidden_size", p)
+        heads = f.int(dec, "num_attention_heads", p)
+        kv_heads = f.int(dec, "num_key_value_heads", p, heads)
+        if heads % kv_heads:
+            raise f.error(p + "num_key_value_heads", f"a divisor of num_attention_heads ({heads})", kv_heads)
+        head_dim = f.int(dec, "head_dim", p, hidden // heads, minimum=2)
+        if head_dim % 2:
+            raise f.error(p + "head_dim", "even (RoPE rotates pairs)", head_dim)
+        if self.vision.out_dim != hidden:
+            raise f.error("gaze_model_config.vision_model_config.out_dim", f"the decoder's hidden_size ({hidden})",
+                          self.vision.out_dim)
+        self.decoder = DecoderConfig(
+            # The official code derives the vocabulary from the token count (+1 for EOS).
+            vocab_size=self.num_vision_tokens_each_frame + 1,
+            hidden_size=hidden,
+            intermediate_size=f.int(dec, "intermediate_size", p),
+            num_layers=f.int(dec, "num_hidden_layers", p),
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
+            rms_norm_eps=f.float(dec, "rms_norm_eps", p, 1e-6),
+            rope_theta=f.float(dec, "rope_theta", p, 10000.0),
+            rope_scaling=_check_rope_scaling(f, dec.get("rope_scaling"), p + "rope_scaling"),
+            eos_token_id=self.num_vision_tokens_each_frame,
+            num_multi_token_pred=f.int(dec, "num_multi_token_pred", p, 1),
+            top_k=f.int(dec, "top_k", p, 50, minimum=0),
+        )
         self.num_tokens_each_scale = [
             int(s**2 / sum(x**2 for x in self.scales) * self.num_vision_tokens_each_frame)
             for s in self.scales
         ]
         if sum(self.num_tokens_each_scale) != self.num_vision_tokens_each_frame:
             raise ValueError(
-                f"config: scales {self.scales} do not split {self.num_vision_tokens_each_frame} "
+                f"{self.source}: scales {self.scales} do not split {self.num_vision_tokens_each_frame} "
                 "tokens per frame exactly"
             )
         self.grids = [int(round(n**0.5)) for n in self.num_tokens_each_scale]
         if any(g * g != n for g, n in zip(self.grids, self.num_tokens_each_scale)):
-            raise ValueError(f"config: per-scale token counts {self.num_tokens_each_scale} are not squares")
+            raise ValueError(f"{self.source}: scales {self.scales} give per-scale token counts "
+                             f"{self.num_tokens_each_scale}, which are not squares")
+
+    def __repr__(self) -> str:
+        d = self.decoder
+        return (f"AutoGazeConfig(scales={self.scales}, tokens_per_frame={self.num_vision_tokens_each_frame}, "
+                f"grids={self.grids}, max_num_frames={self.max_num_frames}, input_img_size={self.input_img_size}, "
+                f"decoder={d.num_layers}x{d.hidden_size}d heads={d.num_heads}/{d.num_kv_heads}x{d.head_dim} "
+                f"mlp={d.intermediate_size} K={d.num_multi_token_pred})")
 
     # --- reading and writing -------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "AutoGazeConfig":
-        return cls(raw=copy.deepcopy(d))
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> "AutoGazeConfig":
+        return cls(raw=copy.deepcopy(d), source=source)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, revision: str | None = None) -> "AutoGazeConfig":
@@ -203,9 +300,11 @@ class AutoGazeConfig:
         try:
             with open(file, encoding="utf-8") as f:
                 d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config: {file!r} is not valid JSON ({e})") from None
-        return cls.from_dict(d)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:  # binary files too (e.g. the weights file)
+            raise ValueError(f"config: {file!r} is not a JSON config file ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"config: {file!r} must hold a JSON object, got a {type(d).__name__}")
+        return cls.from_dict(d, source=f"config {file!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.raw)
@@ -219,16 +318,23 @@ class AutoGazeConfig:
     # --- values used at inference when the caller gives none -----------------------------
     @property
     def default_gazing_ratio(self) -> float | None:
-        c = self.raw.get("gazing_ratio_config") or {}
+        f = _Fields(self.source)
+        c = f.section(self.raw, "gazing_ratio_config", default={})
         if c.get("sample_strategy_during_inference", "fixed") != "fixed":
             return None
-        return float(c.get("fixed", {}).get("gazing_ratio", 0.5))
+        fixed = f.section(c, "fixed", "gazing_ratio_config.", default={})
+        ratio = f.float(fixed, "gazing_ratio", "gazing_ratio_config.fixed.", 0.5)
+        if ratio > 1:
+            raise f.error("gazing_ratio_config.fixed.gazing_ratio", "in (0, 1]", ratio)
+        return ratio
 
     @property
     def default_task_loss_requirement(self) -> float | None:
         if not self.raw.get("has_task_loss_requirement_during_inference", False):
             return None
-        c = self.raw.get("task_loss_requirement_config") or {}
+        f = _Fields(self.source)
+        c = f.section(self.raw, "task_loss_requirement_config", default={})
         if c.get("sample_strategy_during_inference", "fixed") != "fixed":
             return None
-        return float(c.get("fixed", {}).get("task_loss_requirement", 0.7))
+        fixed = f.section(c, "fixed", "task_loss_requirement_config.", default={})
+        return f.float(fixed, "task_loss_requirement", "task_loss_requirement_config.fixed.", 0.7, positive=False)

@@ -17,11 +17,13 @@ next-token-prediction labels (``extra["reconstruction_error"]`` holds the error 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from ._ops import _as_list
 from .model.masks import gazing_masks, positions_from_masks
 from .model.output import GazeOutput
 
@@ -102,7 +104,12 @@ class GreedyGazer:
         if not isinstance(video, torch.Tensor) or not video.is_floating_point() or video.ndim != 5 \
                 or video.shape[2] != 3:
             raise ValueError("video: expected a float tensor (B, T, 3, H, W)")
+        if not bool(torch.isfinite(video).all()):  # the NaN/Inf policy (the loop below syncs every step anyway)
+            raise ValueError("video: holds NaN or Inf values; check the frames and their preprocessing")
         B, T = video.shape[:2]
+        if state is not None and not (isinstance(state, dict) and isinstance(state.get("recon"), torch.Tensor)
+                                      and isinstance(state.get("frames_seen"), int)):
+            raise TypeError("state: expected the dict returned by generate(..., return_state=True)")
         offset = 0 if state is None else state["frames_seen"]
         if offset + T > self.max_num_frames:
             raise ValueError(f"video: {offset + T} frames in one clip; at most {self.max_num_frames}")
@@ -118,7 +125,7 @@ class GreedyGazer:
         if state is None:
             recon = x[:, 0].mean(dim=(2, 3), keepdim=True).expand(B, 3, S, S).clone()
         else:
-            recon = state["recon"].to(self.device)
+            recon = state["recon"].to(self.device, copy=True)  # painted in place: never the caller's state
             if recon.shape[0] != B:
                 raise ValueError(f"state: was made for batch {recon.shape[0]}, got {B}")
         offsets = [sum(g * g for g in self.grids[:i]) for i in range(len(self.grids))]
@@ -169,7 +176,12 @@ class GreedyGazer:
         V = self.num_vision_tokens_each_frame
         if gazing_ratio is None:
             return [V] * T
-        ratios = [float(gazing_ratio)] * T if isinstance(gazing_ratio, (int, float)) else [float(r) for r in gazing_ratio]
+        if isinstance(gazing_ratio, numbers.Real) and not isinstance(gazing_ratio, bool):  # numpy scalars too
+            ratios = [float(gazing_ratio)] * T
+        elif isinstance(gazing_ratio, (list, tuple)) or hasattr(gazing_ratio, "tolist"):
+            ratios = [float(r) for r in _as_list(gazing_ratio)]
+        else:
+            raise TypeError(f"gazing_ratio: expected a number or a list of numbers, got {type(gazing_ratio).__name__}")
         if len(ratios) != T:
             if len(ratios) >= offset + T:
                 ratios = ratios[offset: offset + T]

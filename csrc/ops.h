@@ -3,15 +3,58 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <string_view>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "common/gaze_layout.h"
 #include "common/resample.h"
 
 namespace autogaze_ext {
+
+// ------------------------------------------------------------------------------ checks of every op
+
+// Whether two tensors view overlapping bytes (torch strides are never negative). Meta tensors hold no memory.
+inline bool shares_memory(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.defined() || !b.defined() || a.numel() == 0 || b.numel() == 0 || a.device() != b.device() || a.is_meta()) {
+    return false;
+  }
+  const auto span = [](const at::Tensor& t) {
+    int64_t last = 0;
+    for (int64_t i = 0; i < t.dim(); ++i) last += (t.size(i) - 1) * t.stride(i);
+    const char* begin = static_cast<const char*>(t.const_data_ptr());
+    return std::pair{begin, begin + (last + 1) * t.element_size()};
+  };
+  const auto [a0, a1] = span(a);
+  const auto [b0, b1] = span(b);
+  return a0 < b1 && b0 < a1;
+}
+
+using NamedTensor = std::pair<const char*, const at::Tensor*>;
+
+// The tensors an op writes in place must not share memory with each other or with the tensors it reads: the
+// result would depend on the order in which the kernel reads and writes them.
+inline void check_written_apart(const char* op, std::initializer_list<NamedTensor> written,
+                                std::initializer_list<NamedTensor> read) {
+  for (auto w = written.begin(); w != written.end(); ++w) {
+    const auto check = [&](const NamedTensor& other) {
+      TORCH_CHECK(!shares_memory(*w->second, *other.second), op, ": ", w->first, " and ", other.first,
+                  " share memory; ", w->first, " is written in place and needs a buffer of its own");
+    };
+    for (auto o = w + 1; o != written.end(); ++o) check(*o);
+    for (const auto& r : read) check(r);
+  }
+}
+
+// A float argument that must be finite, and > 0 when `positive` (else >= 0).
+inline void check_finite_arg(const char* op, const char* name, double value, bool positive) {
+  TORCH_CHECK(std::isfinite(value) && (positive ? value > 0 : value >= 0), op, ": ", name, " must be a finite float ",
+              positive ? "> 0" : ">= 0", ", got ", value);
+}
 
 std::tuple<at::Tensor, at::Tensor> gaze_decode_cpu(const at::Tensor& gazing_pos, const at::Tensor& if_padded,
                                                    int64_t num_frames, at::IntArrayRef grids);

@@ -264,6 +264,127 @@ def test_checkpoint_errors(model, tmp_path):
         ag.AutoGaze.from_pretrained(tmp_path / "noweights")
 
 
+def _ids(out):
+    return out.gazing_pos, out.if_padded_gazing, out.num_gazing_each_frame
+
+
+def _same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(_ids(a), _ids(b)))
+
+
+def test_streaming_state_is_never_mutated(model):
+    """A call returns a new state: a retry from the same state repeats the call exactly, and the state given is
+    unchanged (tensors, cache lengths, frame count)."""
+    v = random_video(1, 3, seed=20)
+    kw = dict(gazing_ratio=0.05, task_loss_requirement=0.3)
+    _, s1 = model.generate(v[:, :1], **kw, return_state=True)
+    before = (s1.frames_seen, s1.key_mask.clone(), s1.pending.clone(), s1.cache.length, list(s1.conv_past))
+    a, s2 = model.generate(v[:, 1:2], **kw, state=s1, return_state=True)
+    b, s2b = model.generate(v[:, 1:2], **kw, state=s1, return_state=True)
+    assert _same(a, b) and s2 is not s1 and s2.frames_seen == 2
+    assert s1.frames_seen == before[0] and torch.equal(s1.key_mask, before[1]) and torch.equal(s1.pending, before[2])
+    assert s1.cache.length == before[3] and all(x is y for x, y in zip(s1.conv_past, before[4]))
+    c, _ = model.generate(v[:, 2:3], **kw, state=s2, return_state=True)  # and the new state continues the stream
+    static = model.generate(v, **kw)
+    assert torch.equal(torch.cat([a.gazing_pos + 265, c.gazing_pos + 530], 1), static.gazing_pos[:, -(
+        a.gazing_pos.shape[1] + c.gazing_pos.shape[1]):])
+
+
+def test_a_failed_streaming_call_leaves_the_state_as_it_was(model, monkeypatch):
+    v = random_video(1, 2, seed=21)
+    kw = dict(gazing_ratio=0.2)  # 6 decode steps per frame
+    _, s1 = model.generate(v[:, :1], **kw, return_state=True)
+    want, _ = model.generate(v[:, 1:2], **kw, state=s1, return_state=True)
+    dec = model.gazing_model.gaze_decoder
+    calls = {"n": 0}
+    forward = dec.forward
+
+    def fails_at_the_third_call(*a, **k):  # after the prefill and a decode step have advanced the state
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected")
+        return forward(*a, **k)
+
+    monkeypatch.setattr(dec, "forward", fails_at_the_third_call)
+    with pytest.raises(RuntimeError, match="injected"):
+        model.generate(v[:, 1:2], **kw, state=s1, return_state=True)
+    monkeypatch.undo()
+    nan_frame = v[:, 1:2].clone()
+    nan_frame[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model.generate(nan_frame, **kw, state=s1, return_state=True)
+    got, _ = model.generate(v[:, 1:2], **kw, state=s1, return_state=True)
+    assert _same(got, want) and s1.frames_seen == 1
+
+
+def test_non_finite_inputs_and_weights_are_refused(model):
+    v = random_video(1, 2, seed=22)
+    for value in (float("nan"), float("inf")):
+        bad = v.clone()
+        bad[0, 1, 2, 3, 4] = value
+        with pytest.raises(ValueError, match="video: holds NaN or Inf"):
+            model.generate(bad, gazing_ratio=0.05)
+        model.generate(bad, gazing_ratio=0.05, check_finite=False)  # the opt-out
+    m = _model(3)
+    m.generate(v, gazing_ratio=0.05)
+    with torch.no_grad():
+        m.gazing_model.gaze_decoder.lm_head.weight[0, 0] = float("nan")  # changed after a checked call
+    with pytest.raises(ValueError, match="gazing_model.gaze_decoder.lm_head.weight"):
+        m.generate(v, gazing_ratio=0.05)
+
+
+def test_numpy_and_tensor_numbers_are_accepted(model):
+    import numpy as np
+
+    v = random_video(1, 2, seed=23)
+    ref = model.generate(v, gazing_ratio=0.05, task_loss_requirement=0.3)
+    for ratio, req in [(np.float32(0.05), np.float64(0.3)), (np.array([0.05, 0.05], dtype=np.float32), 0.3),
+                       (torch.tensor(0.05), torch.tensor(0.3))]:
+        got = model.generate(v, gazing_ratio=ratio, task_loss_requirement=req)
+        assert torch.equal(got.gazing_pos, ref.gazing_pos)
+    with pytest.raises(TypeError, match="seed"):
+        model.generate(v, gazing_ratio=0.05, do_sample=True, seed="abc")
+    with pytest.raises(ValueError, match="top_k"):
+        model.generate(v, gazing_ratio=0.05, do_sample=True, top_k=-1)
+    with pytest.raises(ValueError, match="temperature"):
+        model.generate(v, gazing_ratio=0.05, do_sample=True, temperature=float("inf"))
+
+
+def test_short_reprs(model):
+    out = model.generate(random_video(1, 2, seed=24), gazing_ratio=0.05)
+    text = repr(out)
+    assert text.startswith("GazeOutput(batch=1, slots=") and "tensor(" not in text and len(text) < 200
+    cfg = repr(model.config)
+    assert cfg.startswith("AutoGazeConfig(scales=[32, 64, 112, 224]") and "gaze_decoder_config" not in cfg
+
+
+def test_from_pretrained_dtype_and_device_as_transformers(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert ag.AutoGaze.from_pretrained(tmp_path, torch_dtype=torch.bfloat16).dtype == torch.bfloat16
+    assert ag.AutoGaze.from_pretrained(tmp_path, torch_dtype="float16", device="cpu").dtype == torch.float16
+    assert ag.AutoGaze.from_pretrained(tmp_path, "cpu", dtype="auto").dtype == torch.float32
+    assert ag.AutoGaze.from_pretrained(tmp_path, device=torch.device("cpu")).device == torch.device("cpu")
+    with pytest.raises(ValueError, match="torch_dtype"):
+        ag.AutoGaze.from_pretrained(tmp_path, torch_dtype=torch.int8)
+    with pytest.raises(ValueError, match="is a file"):
+        ag.AutoGaze.from_pretrained(tmp_path / "model.safetensors")
+
+
+def test_low_precision_on_the_cpu_warns_once(model, monkeypatch):
+    from autogaze_ext.model import autogaze as mod
+
+    monkeypatch.setattr(mod, "_WARNED", set())
+    m = _model(4).to(torch.bfloat16)
+    v = random_video(1, 1, seed=25)
+    with pytest.warns(UserWarning, match="bfloat16 on the CPU is slow"):
+        m.generate(v, gazing_ratio=0.02)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m.generate(v, gazing_ratio=0.02)  # once
+
+
 @pytest.mark.parametrize("shape", [(2, 16, 7, 9, 11), (1, 8, 1, 4, 4), (3, 5, 4, 14, 14)])
 def test_trunk_conv_per_tap_form_matches_conv3d(shape):
     """The trunk conv as one 2D conv per temporal tap (what large CUDA batches may run) equals the 3D conv."""

@@ -64,6 +64,44 @@ def test_official_style_streaming(official, official_model):
     assert torch.equal(torch.cat(ids, 1), fx["case1/gazing_pos"][:, :n])
 
 
+OFFICIAL_STATIC_KEYS = ["gazing_pos", "log_action_probs", "gazing_mask", "scales", "frame_sampling_rate",
+                        "num_vision_tokens_each_frame", "num_gazing_each_frame", "if_padded_gazing",
+                        "task_loss_prediction", "has_task_loss_requirement", "task_loss_requirement",
+                        "past_key_values", "past_input_embeds", "past_attention_mask", "past_conv_values"]
+
+
+def test_official_dict_shape(official, official_model):
+    """The keys, their order and shapes of the official forward's dictionary (spec §1.3, §5.9): the four past_*
+    keys always present (None unless use_cache); with target scales log_action_probs / task_loss_prediction
+    deleted and the requirement per tile row (B * tiles, T)."""
+    _, fx, meta = official
+    video = case_input(fx, _case(meta, "case1"))[:, :2]
+    out = official_model({"video": video}, gazing_ratio=0.75, task_loss_requirement=0.7, generate_only=True)
+    assert out.keys() == OFFICIAL_STATIC_KEYS and list(out.to_dict()) == OFFICIAL_STATIC_KEYS
+    for k in ("log_action_probs", "task_loss_prediction", "past_key_values", "past_input_embeds",
+              "past_attention_mask", "past_conv_values"):
+        assert k in out and out[k] is None
+    assert out["task_loss_requirement"].shape == (1, 2) and out["frame_sampling_rate"] == 1
+    only_ratio = official_model({"video": video}, gazing_ratio=0.75, generate_only=True)
+    assert only_ratio["task_loss_requirement"] is None and only_ratio["has_task_loss_requirement"] is False
+
+    case = _case(meta, "case9")  # 2 rows of 392 px: 2 x 2 tiles each
+    v392 = case_input(fx, case)
+    out = official_model({"video": v392}, **case["kwargs"], generate_only=True)
+    want = [k for k in OFFICIAL_STATIC_KEYS if k not in ("log_action_probs", "task_loss_prediction")]
+    assert out.keys() == want
+    for k in ("log_action_probs", "task_loss_prediction"):
+        assert k not in out and out.get(k, "absent") == "absent"
+        with pytest.raises(KeyError):
+            out[k]
+    assert out["task_loss_requirement"].shape == (2 * 4, 2) and out["num_vision_tokens_each_frame"] == 1060
+    assert torch.equal(out["gazing_pos"], fx["case9/gazing_pos"])
+
+    streamed = official_model({"video": video[:, :1]}, gazing_ratio=0.75, generate_only=True, use_cache=True)
+    assert streamed.keys() == OFFICIAL_STATIC_KEYS and isinstance(streamed["past_key_values"], ag.GazeState)
+    assert streamed["past_input_embeds"] is None  # the whole state travels in past_key_values
+
+
 def test_defaults_are_the_released_operating_point(official, official_model):
     """Neither ratio nor requirement: the config's inference values (0.75 and 0.7), as case1."""
     _, fx, meta = official

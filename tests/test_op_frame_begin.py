@@ -82,10 +82,14 @@ def test_out_of_range_values_give_zero_rows_and_skip_slots():
     valid = torch.cat([(torch.arange(10) < 7) & (s["pend"] != EOS), torch.ones(2, 12, dtype=torch.bool)], dim=1)
     assert torch.equal(out["key_valid"][:, 30:], valid[:, :10])
     assert torch.equal(pos, before["count"][:, None] + valid.long().cumsum(1) - 1)
-    for start in (-50, 10**12):  # every slot outside: nothing written
+    for start in (-50, -10**12, 10**12):  # every slot outside: nothing written
         s2 = clone_state(s)
         s2["start"].fill_(start)
         assert torch.equal(run(op, s2)[2]["key_valid"], before["key_valid"])
+    s2 = clone_state(s)
+    s2["start"].fill_(-5)  # slots -5..16: only the 5 before the cache are skipped
+    got = run(op, s2)[2]["key_valid"]
+    assert torch.equal(got[:, :17], valid[:, 5:]) and torch.equal(got[:, 17:], before["key_valid"][:, 17:])
 
 
 @needs_ext

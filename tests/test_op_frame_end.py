@@ -81,10 +81,14 @@ def test_out_of_range_slots_and_frame_are_skipped():
     assert torch.equal(got["key_valid"][:, :40], before["key_valid"][:, :40])
     assert torch.equal(got["count"], before["count"] + (s["fids"][:, :30] != EOS).sum(1))
     assert torch.equal(got["out_ids"], before["out_ids"]) and torch.equal(got["out_n"], before["out_n"])
-    for start in (-5, 10**12):  # every slot outside: nothing written
+    for start in (-30, -10**12, 10**12):  # every slot outside: nothing written
         s2 = clone_state(s)
         s2["frame_start"].fill_(start)
         assert torch.equal(run(op, s2)["key_valid"], before["key_valid"])
+    s2 = clone_state(s)
+    s2["frame_start"].fill_(-5)  # slots -5..24: only the 5 before the cache are skipped
+    got = run(op, s2)["key_valid"]
+    assert torch.equal(got[:, :25], s["fids"][:, 5:30] != EOS) and torch.equal(got[:, 25:], before["key_valid"][:, 25:])
 
 
 @needs_ext

@@ -152,11 +152,28 @@ def test_bad_arguments(over, exc, match):
         A.rope_cache_write(**_args(**over))
 
 
-def test_same_cache_twice_rejected():
+@pytest.mark.parametrize("alias", ["same", "view", "overlap", "qkv"])
+def test_aliased_buffers_rejected(alias):
+    """k_cache and v_cache are both written: no two views of one buffer (k would be lost), and qkv is read while
+    they are written. Through the wrapper (ValueError) and the direct op (the C++ check)."""
     a = _args()
-    a["v_cache"] = a["k_cache"]
-    with pytest.raises(ValueError, match="different tensors"):
+    k = a["k_cache"]
+    if alias == "same":
+        a["v_cache"] = k
+    elif alias == "view":
+        a["v_cache"] = k.view(k.shape)
+    elif alias == "overlap":  # both views of one buffer one element apart
+        buf = torch.zeros(k.numel() + 1)
+        a["k_cache"], a["v_cache"] = buf[:-1].view(k.shape), buf[1:].view(k.shape)
+    else:  # the cache's first element is qkv's last
+        m = a["qkv"].numel()
+        buf = torch.zeros(m + k.numel() - 1)
+        a["qkv"], a["k_cache"] = buf[:m].view(a["qkv"].shape), buf[m - 1:].view(k.shape)
+    with pytest.raises(ValueError, match="share memory"):
         A.rope_cache_write(**a)
+    if _ops.HAS_EXTENSION:
+        with pytest.raises(RuntimeError, match="share memory"):
+            torch.ops.autogaze_ext.rope_cache_write(*a.values())
 
 
 @needs_ext

@@ -250,7 +250,7 @@ def _bad_cases():
     yield (q, q, q, cs[:1]), {}, ValueError, "cu_seqlens must be"
     yield (q, q, q, cs), {"mode": "full"}, ValueError, "mode must be one of"
     yield (q, q, q, cs), {"scale": 0.0}, ValueError, "scale"
-    yield (q, q, q, cs), {"scale": True}, ValueError, "scale"
+    yield (q, q, q, cs), {"scale": True}, TypeError, "scale"
     yield (q, q, q, cs), {"num_prefix": -1}, ValueError, "num_prefix"
     yield (q, q, q, cs), {"num_prefix": 1.5}, TypeError, "num_prefix"
     yield (q, q, q, cs.to("meta")), {}, ValueError, "cu_seqlens is on"

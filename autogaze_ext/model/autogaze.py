@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import contextlib
 import math
+import numbers
 import os
+import warnings
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._ops import _as_list, _check_bool, _check_float, _check_int
 from ..config import AutoGazeConfig
 from ..hub import CHECKPOINT_PATTERNS, describe_pretrained, resolve_pretrained
 from . import checkpoint
@@ -18,7 +21,7 @@ from .encoder import Connector, ShallowVideoConvNet
 from .fast import FastGazeRunner, _slot_budget, custom_ops_available
 from .generation import DecodeState, Sampler, decode_frame
 from .masks import gazing_masks, positions_from_masks
-from .output import GazeOutput
+from .output import TARGET_SCALE_DELETED, GazeOutput
 
 GazeState = DecodeState
 
@@ -69,18 +72,65 @@ def exact_fp32():
     return _tf32(False)
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
 def _as_float_list(name: str, value, length: int | None) -> list[float] | None:
+    """A number or a sequence of numbers (Python, numpy or a 0/1-d tensor) as a list of floats."""
     if value is None:
         return None
     if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().reshape(-1).tolist() if value.ndim else float(value)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = value.detach().cpu().reshape(-1) if value.ndim else value.detach().cpu()
+    value = _as_list(value)  # tensors and numpy arrays / scalars
+    if _is_number(value):
         return [float(value)] * (length or 1)
     if isinstance(value, (list, tuple)):
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        if not all(_is_number(v) for v in value):
             raise TypeError(f"{name}: expected a number or a list of numbers, got {value!r}")
         return [float(v) for v in value]
     raise TypeError(f"{name}: expected a number or a list of numbers, got {type(value).__name__}")
+
+
+def _raise_if_nonfinite(flag: torch.Tensor) -> None:
+    """flag: a 0-d bool tensor on the video's device, read here (where the caller syncs anyway)."""
+    if bool(flag):
+        raise ValueError("video: holds NaN or Inf values, which AutoGaze would gaze without a word (argmax over NaN "
+                         "logits); check the frames and their preprocessing (or pass check_finite=False)")
+
+
+def _as_device(device) -> torch.device:
+    """A device for .to(): a torch.device, its name or a CUDA index; one that is not there is a ValueError."""
+    if isinstance(device, bool) or not isinstance(device, (str, torch.device, int)):
+        raise TypeError(f"device: expected a torch.device, a device name or a CUDA index, got {type(device).__name__}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device: {device!r} is not a device ({str(e).splitlines()[0]})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda", "meta"):
+        raise ValueError(f"device: expected cpu or cuda, got {device}")
+    return device
+
+
+def _as_float_dtype(value, name: str) -> torch.dtype:
+    """A floating torch.dtype, or its name ("bfloat16", "torch.float16", ...)."""
+    if isinstance(value, str):
+        value = getattr(torch, value.removeprefix("torch."), value)
+    if not isinstance(value, torch.dtype) or not value.is_floating_point:
+        raise ValueError(f"{name}: expected a floating torch.dtype (float32, bfloat16, float16, ...), its name or "
+                         f"'auto', got {value!r}")
+    return value
+
+
+_WARNED: set = set()
+
+
+def _warn_once(key, message: str) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 class AutoGaze(nn.Module):
@@ -121,19 +171,32 @@ class AutoGaze(nn.Module):
 
     # --- checkpoint I/O ----------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu", *,
-                        revision: str | None = None) -> "AutoGaze":
+    def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device | int = "cpu", *,
+                        revision: str | None = None, torch_dtype: torch.dtype | str | None = None,
+                        dtype: torch.dtype | str | None = None) -> "AutoGaze":
         """Load ``config.json`` + ``model.safetensors`` (official format, keys ``gazing_model.*``).
 
         ``path``: a local checkpoint folder (always preferred) or a Hugging Face hub id such as
         ``"nvidia/AutoGaze"``, fetched at ``revision`` (see :func:`autogaze_ext.hub.resolve_pretrained`).
         ``model.pretrained_info`` then records the id, the snapshot's commit hash and the folder.
+        ``device`` (positional or keyword) and ``torch_dtype`` (or its newer transformers name ``dtype``: a
+        floating torch.dtype, its name such as ``"bfloat16"``, or ``"auto"`` for the checkpoint's own dtype)
+        place the model as transformers does; default CPU float32. Weights holding NaN or Inf are refused.
         """
+        device = _as_device(device)
+        if torch_dtype is not None and dtype is not None:
+            raise ValueError("torch_dtype and dtype: give one of them (dtype is the newer name)")
+        want = torch_dtype if torch_dtype is not None else dtype
+        if want is not None and not (isinstance(want, str) and want == "auto"):
+            want = _as_float_dtype(want, "torch_dtype" if torch_dtype is not None else "dtype")
         folder = resolve_pretrained(path, revision, what=CHECKPOINT_WHAT, allow_patterns=CHECKPOINT_PATTERNS)
+        if os.path.isfile(folder):
+            raise ValueError(f"{CHECKPOINT_WHAT}: {os.fspath(path)!r} is a file; pass the folder that holds it "
+                             f"({os.path.dirname(os.path.abspath(folder))!r})")
         model = cls(AutoGazeConfig.from_pretrained(folder))
-        checkpoint.load_into(model, folder)
+        stored = checkpoint.load_into(model, folder)
         model.pretrained_info = describe_pretrained(path, folder, revision)
-        return model.to(device).eval()
+        return model.to(device=device, dtype=stored if want == "auto" else want).eval()
 
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write ``config.json`` + ``model.safetensors`` in the official format."""
@@ -174,8 +237,8 @@ class AutoGaze(nn.Module):
                 else:
                     raise ValueError(f"task_loss_requirement: expected one value or {T} values, got {len(vals)}")
             t = torch.ones(B, T, device=device) * torch.tensor(vals, dtype=torch.float32, device=device)
-        if torch.isnan(t).any() or (t < 0).any():
-            raise ValueError("task_loss_requirement: values must be >= 0 (and not NaN)")
+        if not bool((torch.isfinite(t) & (t >= 0)).all()):
+            raise ValueError("task_loss_requirement: values must be finite and >= 0")
         return t
 
     def _check_video(self, video) -> torch.Tensor:
@@ -218,6 +281,7 @@ class AutoGaze(nn.Module):
         margins: list | None = None,
         backend: str = "auto",
         precision: str = "fp32",
+        check_finite: bool = True,
     ):
         """Gaze a batch of clips.
 
@@ -244,10 +308,18 @@ class AutoGaze(nn.Module):
         fp32). Faster at large batch; the ids then agree with fp32 only mostly (near-ties flip:
         compare with ``GazeOutput.agreement``; benchmarks/RESULTS.md gives measured rates). CPU
         computation is fp32 either way.
+        check_finite: refuse a video or weights holding NaN or Inf (ValueError). The video is checked on its
+        device and the flag read where the call syncs anyway; the weights once per change of the weights.
         """
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected 'fp32' (exact) or 'tf32', got {precision!r}")
+        temperature, top_k, generator = self._check_generate_args(
+            state=state, return_state=return_state, cached=cached, do_sample=do_sample, temperature=temperature,
+            top_k=top_k, generator=generator, seed=seed, margins=margins, check_finite=check_finite)
         video = self._check_video(video)
+        if video.device.type == "cpu" and video.dtype in (torch.float16, torch.bfloat16):
+            _warn_once(("cpu", video.dtype), f"AutoGaze.generate in {video.dtype} on the CPU is slow, and its ids "
+                       "differ from float32 ones; call .float() on the model for the exact (and faster) CPU path")
         B, T = video.shape[:2]
         if gazing_ratio is None and task_loss_requirement is None:
             gazing_ratio = self.config.default_gazing_ratio
@@ -260,12 +332,8 @@ class AutoGaze(nn.Module):
             gazing_ratio = 1.0
         if do_sample is None:
             do_sample = self.training
-        if seed is not None and generator is None:
-            generator = torch.Generator().manual_seed(int(seed))
-        sampler = Sampler(bool(do_sample), float(temperature),
-                          self.config.decoder.top_k if top_k is None else int(top_k), generator, margins)
-        if do_sample and not temperature > 0:
-            raise ValueError(f"temperature: must be > 0, got {temperature}")
+        sampler = Sampler(do_sample, temperature, self.config.decoder.top_k if top_k is None else top_k, generator,
+                          margins)
 
         adapt = self._needs_adaptation(target_scales, target_patch_size)
         if adapt and (state is not None or return_state):
@@ -292,18 +360,67 @@ class AutoGaze(nn.Module):
             backend == "auto" and fast_ok and video.is_cuda
             and (custom_ops_available(video.device) or B <= self.FAST_AUTO_MAX_BATCH))
 
+        nonfinite = None
+        if check_finite:
+            self._check_weights_finite()
+            nonfinite = ~torch.isfinite(video).all()  # on the device; read below
+            if not use_fast:  # the reference loop syncs at every step anyway: fail before decoding
+                _raise_if_nonfinite(nonfinite)
         ctx = _tf32(precision == "tf32") if video.is_cuda else contextlib.nullcontext()
         with ctx:
             if adapt:
-                return self._generate_adapted(video, caps, task_loss_requirement, list(target_scales),
-                                              int(target_patch_size), sampler, cached, use_fast, precision)
-            req = self._requirement(task_loss_requirement, B, T, offset, streaming, video.device)
-            if use_fast:
-                ids, padded, counts = self._generate_fast(video, caps, req, precision)
+                scales = [int(t) for t in _as_list(target_scales)]
+                out = self._generate_adapted(video, caps, task_loss_requirement, scales, int(target_patch_size),
+                                             sampler, cached, use_fast, precision)
             else:
-                ids, padded, counts, state = self._generate_native(video, caps, req, sampler, cached, state)
-            out = self._output(ids, padded, counts, T, req)
+                req = self._requirement(task_loss_requirement, B, T, offset, streaming, video.device)
+                if use_fast:
+                    ids, padded, counts = self._generate_fast(video, caps, req, precision)
+                else:
+                    ids, padded, counts, state = self._generate_native(video, caps, req, sampler, cached, state)
+                out = self._output(ids, padded, counts, T, req)
+        if nonfinite is not None and use_fast:
+            _raise_if_nonfinite(nonfinite)  # the fast decode ended with a sync: reading the flag is free
         return (out, state) if return_state else out
+
+    def _check_generate_args(self, *, state, return_state, cached, do_sample, temperature, top_k, generator, seed,
+                             margins, check_finite):
+        """Types and ranges of generate's keyword arguments; returns (temperature, top_k, generator)."""
+        for name, value in (("return_state", return_state), ("cached", cached), ("check_finite", check_finite)):
+            _check_bool(value, name)
+        if do_sample is not None:
+            _check_bool(do_sample, "do_sample")
+        temperature = _check_float(temperature, "temperature")
+        if do_sample and temperature <= 0:
+            raise ValueError(f"temperature: must be > 0 when sampling, got {temperature}")
+        top_k = None if top_k is None else _check_int(top_k, "top_k", 0)
+        if state is not None and not isinstance(state, GazeState):
+            raise TypeError(f"state: expected the GazeState returned by generate(..., return_state=True), got "
+                            f"{type(state).__name__}")
+        if margins is not None and not isinstance(margins, list):
+            raise TypeError(f"margins: expected a list to fill, got {type(margins).__name__}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
+        if seed is not None:
+            seed = _check_int(seed, "seed", -(1 << 63))
+            if seed >= 1 << 64:
+                raise ValueError(f"seed: must be below 2**64, got {seed}")
+            generator = generator or torch.Generator().manual_seed(seed)
+        return temperature, top_k, generator
+
+    def _check_weights_finite(self) -> None:
+        """Weights holding NaN or Inf raise ValueError naming them. Checked again only after the weights change
+        (data pointers or in-place versions): one device->host read per change, none per call."""
+        params = list(self.named_parameters())
+        key = tuple((p.data_ptr(), p._version) for _, p in params)
+        if self.__dict__.get("_finite_weights_key") == key:
+            return
+        finite = torch.stack([torch.isfinite(p).all() for _, p in params]).tolist()
+        bad = [name for (name, _), ok in zip(params, finite) if not ok]
+        if bad:
+            raise ValueError(f"model weights: {len(bad)} parameter(s) hold NaN or Inf values, e.g. {bad[:3]}; reload "
+                             "the checkpoint (or pass check_finite=False)")
+        self.__dict__["_finite_weights_key"] = key
 
     def _generate_native(self, video, caps, req, sampler, cached, state):
         gm = self.gazing_model
@@ -316,6 +433,10 @@ class AutoGaze(nn.Module):
             raise ValueError(f"state: was made for batch {state.key_mask.shape[0]}, got video batch {B}")
         elif state.cached != cached:
             raise ValueError("cached: must match the state's mode")
+        elif state.key_mask.device != video.device:
+            raise ValueError(f"state: is on {state.key_mask.device} but the video on {video.device}")
+        else:
+            state = state.fork()  # transactional: the caller's state is never advanced, a retry repeats this call
         vision, state.conv_past = gm.embed_video(video, state.conv_past)
         ids, counts = [], []
         for t in range(T):
@@ -374,12 +495,14 @@ class AutoGaze(nn.Module):
             if (target_scales is None) != (target_patch_size is None):
                 raise ValueError("target_scales and target_patch_size: give both or neither")
             return False
-        ts = list(target_scales)
-        if len(ts) != len(self.scales) or not all(isinstance(s, int) and s > 0 for s in ts) or ts != sorted(ts):
-            raise ValueError(f"target_scales: expected {len(self.scales)} ascending positive ints, got {target_scales!r}")
-        p = target_patch_size
-        if not isinstance(p, int) or p <= 0:
-            raise ValueError(f"target_patch_size: expected a positive int, got {p!r}")
+        ts = _as_list(target_scales)
+        expected = f"target_scales: expected {len(self.scales)} ascending positive ints, got {target_scales!r}"
+        if not isinstance(ts, (list, tuple)) or len(ts) != len(self.scales):
+            raise ValueError(expected)
+        p = _check_int(target_patch_size, "target_patch_size", 1)
+        ts = [_check_int(s, f"target_scales[{i}]", p) for i, s in enumerate(ts)]  # >= one patch
+        if ts != sorted(ts):
+            raise ValueError(expected)
         return not (ts == self.scales and [(s // p) ** 2 for s in ts] == self.config.num_tokens_each_scale)
 
     def _generate_adapted(self, video, caps, req_arg, target_scales, patch, sampler, cached, use_fast,
@@ -409,11 +532,12 @@ class AutoGaze(nn.Module):
             masks.append(m[:, :, :gt, :gt].reshape(B, T, gt * gt))
         gpos, gpad, gcounts = positions_from_masks(torch.cat(masks, dim=-1))
         Vt = sum(g * g for g in g_target)
-        req_out = None if req_arg is None else self._requirement(req_arg, B, T, 0, False, video.device)
+        # as the official dictionary: the requirement per tile row (B * tiles, T), and no log_action_probs /
+        # task_loss_prediction keys (its recovery cannot reorder them)
         return GazeOutput(
             gazing_pos=gpos, if_padded_gazing=gpad, num_gazing_each_frame=gcounts, gazing_mask=masks,
             scales=self.scales, num_vision_tokens_each_frame=Vt,
-            task_loss_requirement=req_out, has_task_loss_requirement=req_out is not None,
+            task_loss_requirement=req, has_task_loss_requirement=req is not None, deleted=TARGET_SCALE_DELETED,
         )
 
     # --- the official call style ----------------------------------------------------------------
@@ -441,7 +565,6 @@ class AutoGaze(nn.Module):
         )
         if use_cache:
             out, st = res
-            out.extra.update(past_key_values=st, past_input_embeds=None, past_attention_mask=None,
-                             past_conv_values=None)
+            out.past_key_values = st  # the other three past_* keys stay None
             return out
         return res

@@ -18,7 +18,7 @@ which must give the same ids as the KV-cached path.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -137,6 +137,17 @@ class DecodeState:
     @property
     def cached(self) -> bool:
         return self.cache is not None
+
+    def fork(self) -> "DecodeState":
+        """A copy for the next call to advance, so that the state a caller holds never changes (a retry from it
+        repeats the call; a call that fails leaves it as it was). Tensors are shared: decoding never writes into
+        them, it makes new ones; only the containers it appends to are copied."""
+        cache = None
+        if self.cache is not None:
+            cache = KVCache(len(self.cache.k))
+            cache.k, cache.v = list(self.cache.k), list(self.cache.v)
+        conv_past = None if self.conv_past is None else list(self.conv_past)
+        return replace(self, cache=cache, fed=list(self.fed), conv_past=conv_past)
 
 
 def _feed(decoder: GazeDecoder, st: DecodeState, x, positions, key_mask) -> torch.Tensor:

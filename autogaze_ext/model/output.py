@@ -1,13 +1,22 @@
 """The result of a gaze call, readable as attributes or as the official dictionary."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 
-@dataclass
+# The official forward's dictionary keys, in its order (spec §1.3); the past_* caches are None unless streaming.
+OFFICIAL_KEYS = ("gazing_pos", "log_action_probs", "gazing_mask", "scales", "frame_sampling_rate",
+                 "num_vision_tokens_each_frame", "num_gazing_each_frame", "if_padded_gazing", "task_loss_prediction",
+                 "has_task_loss_requirement", "task_loss_requirement", "past_key_values", "past_input_embeds",
+                 "past_attention_mask", "past_conv_values")
+# what the official target-scale recovery deletes from the dictionary (spec §5.9)
+TARGET_SCALE_DELETED = ("log_action_probs", "task_loss_prediction")
+
+
+@dataclass(repr=False)
 class GazeOutput:
     gazing_pos: torch.Tensor  # (B, N) int64, video-global ids local + V*t (spec §1.3)
     if_padded_gazing: torch.Tensor  # (B, N) bool
@@ -20,21 +29,26 @@ class GazeOutput:
     has_task_loss_requirement: bool = False
     log_action_probs: torch.Tensor | None = None
     task_loss_prediction: torch.Tensor | None = None
-    extra: dict = field(default_factory=dict)
+    past_key_values: Any = None  # streaming (use_cache=True): the state to pass back
+    past_input_embeds: Any = None
+    past_attention_mask: Any = None
+    past_conv_values: Any = None
+    deleted: tuple = ()  # official keys absent from the dictionary view (TARGET_SCALE_DELETED after adaptation)
+    extra: dict = field(default_factory=dict)  # keys beyond the official ones (e.g. the greedy gazer's)
 
-    # dict-style access, as the official model returns a dict
+    # dict-style access with exactly the official dictionary's keys, as the official model returns a dict
     def __getitem__(self, key: str) -> Any:
         if key in self.extra:
             return self.extra[key]
-        if key in self._names():
+        if key in OFFICIAL_KEYS and key not in self.deleted:
             return getattr(self, key)
         raise KeyError(key)
 
     def __contains__(self, key: str) -> bool:
-        return key in self.extra or key in self._names()
+        return key in self.extra or (key in OFFICIAL_KEYS and key not in self.deleted)
 
     def keys(self):
-        return [n for n in self._names() if n != "extra"] + list(self.extra)
+        return [k for k in OFFICIAL_KEYS if k not in self.deleted] + [k for k in self.extra if k not in OFFICIAL_KEYS]
 
     def items(self):
         return [(k, self[k]) for k in self.keys()]
@@ -45,9 +59,15 @@ class GazeOutput:
     def to_dict(self) -> dict:
         return dict(self.items())
 
-    @classmethod
-    def _names(cls):
-        return {f.name for f in fields(cls)}
+    def __repr__(self) -> str:
+        """Shapes and counts, not tensors: (B, N) slots, real tokens, frames, per-scale grids."""
+        B, N = self.gazing_pos.shape
+        real = int((~self.if_padded_gazing).sum()) if self.if_padded_gazing.device.type != "meta" else "?"
+        req = self.task_loss_requirement
+        req = "" if req is None else f", task_loss_requirement={tuple(req.shape)}"
+        extra = f", extra={sorted(self.extra)}" if self.extra else ""
+        return (f"GazeOutput(batch={B}, slots={N}, real_tokens={real}, frames={len(self.num_gazing_each_frame)}, "
+                f"tokens_per_frame={self.num_vision_tokens_each_frame}, scales={list(self.scales)}{req}{extra})")
 
     def real_tokens_each_frame(self) -> torch.Tensor:
         """(B, T) number of non-padded slots per frame."""

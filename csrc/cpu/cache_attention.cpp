@@ -101,7 +101,8 @@ at::Tensor cache_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, c
           float bsum = 0.f;
           std::fill(blk.begin(), blk.end(), 0.f);
           for (int64_t j = j0; j <= std::min(kend, j0 + kBlock - 1); ++j) {
-            const float p = std::exp(sc[j] - mx);  // masked: exp(-inf) = 0
+            if (!(ok[j] || j == si)) continue;  // a masked key is absent: its value is never read (no 0 * NaN)
+            const float p = std::exp(sc[j] - mx);
             bsum += p;
             for (int64_t c = 0; c < d; ++c) blk[c] += p * vr[j * d + c];
           }

@@ -34,10 +34,10 @@ void check_decoder_layers_inputs(const at::Tensor& x, const at::Tensor& position
   TORCH_CHECK(layers >= 1, "decoder_layers: needs at least one layer");
   const int64_t qkv = (num_heads + 2 * num_kv_heads) * d;
   TORCH_CHECK(w_qkv.dim() == 3 && w_qkv.size(0) == layers && w_qkv.size(1) == qkv && w_qkv.size(2) == D,
-              "decoder_layers: w_qkv must be (layers, (H + 2*KVH) * d, hidden) = (", layers, ", ", qkv, ", ", D,
-              "), got ", w_qkv.sizes());
+              "decoder_layers: w_qkv must be (layers, (num_heads + 2*num_kv_heads) * d, hidden) = (", layers, ", ",
+              qkv, ", ", D, "), got ", w_qkv.sizes());
   TORCH_CHECK(w_o.dim() == 3 && w_o.size(0) == layers && w_o.size(1) == D && w_o.size(2) == num_heads * d,
-              "decoder_layers: w_o must be (layers, hidden, H * d) = (", layers, ", ", D, ", ", num_heads * d,
+              "decoder_layers: w_o must be (layers, hidden, num_heads * d) = (", layers, ", ", D, ", ", num_heads * d,
               "), got ", w_o.sizes());
   TORCH_CHECK(w_gu.dim() == 3 && w_gu.size(0) == layers && w_gu.size(1) % 2 == 0 && w_gu.size(2) == D,
               "decoder_layers: w_gu must be (layers, 2 * intermediate, hidden) with hidden = ", D, ", got ",
@@ -64,7 +64,6 @@ void check_decoder_layers_inputs(const at::Tensor& x, const at::Tensor& position
               "decoder_layers: inv_freq must be (d/2,) = (", d / 2, ",) for an even head dim d, got ", inv_freq.sizes());
   TORCH_CHECK(k_cache.is_contiguous() && v_cache.is_contiguous(),
               "decoder_layers: k_cache and v_cache must be contiguous (they are written in place)");
-  TORCH_CHECK(!k_cache.is_same(v_cache), "decoder_layers: k_cache and v_cache must be different tensors");
   TORCH_CHECK(positions.scalar_type() == at::kLong && positions.dim() == 2 && positions.size(0) == B &&
                   positions.size(1) == n,
               "decoder_layers: positions must be int64 (B, n) = (", B, ", ", n, "), got ", positions.scalar_type(),
@@ -79,6 +78,10 @@ void check_decoder_layers_inputs(const at::Tensor& x, const at::Tensor& position
     TORCH_CHECK(t->device() == x.device(), "decoder_layers: all tensors must be on ", x.device(), ", got ",
                 t->device());
   }
+  check_written_apart("decoder_layers", {{"k_cache", &k_cache}, {"v_cache", &v_cache}},
+                      {{"x", &x}, {"positions", &positions}, {"inv_freq", &inv_freq}, {"key_valid", &key_valid},
+                       {"start", &start}, {"w_qkv", &w_qkv}, {"w_o", &w_o}, {"w_gu", &w_gu}, {"w_down", &w_down},
+                       {"norm_attn", &norm_attn}, {"norm_mlp", &norm_mlp}});
 }
 
 std::vector<int64_t> decoder_layers_out_shape(const at::Tensor& x, bool last_only) {
@@ -139,6 +142,7 @@ at::Tensor decoder_layers_cpu(const at::Tensor& x, const at::Tensor& positions, 
                               bool last_only) {
   check_decoder_layers_inputs(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
                               norm_attn, norm_mlp, num_heads, num_kv_heads);
+  check_finite_arg("decoder_layers", "eps", eps, true);
   TORCH_CHECK(x.device().is_cpu(), "decoder_layers_cpu expects CPU tensors");
   if (x.numel() == 0) return at::empty(decoder_layers_out_shape(x, last_only), x.options());
   return decoder_layers_composed(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,

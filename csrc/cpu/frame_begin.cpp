@@ -47,6 +47,9 @@ void check_frame_begin_inputs(const at::Tensor& pend, const at::Tensor& pend_len
   for (auto [x, name] : {std::pair{&key_valid, "key_valid"}, {&count, "count"}, {&tail_pos, "tail_pos"}}) {
     args.in_place(*x, name);
   }
+  check_written_apart("frame_begin", {{"key_valid", &key_valid}, {"count", &count}, {"tail_pos", &tail_pos}},
+                      {{"pend", &pend}, {"pend_len", &pend_len}, {"vision", &vision}, {"t", &t},
+                       {"embed_weight", &embed_weight}, {"start", &start}});
 }
 
 namespace {
@@ -57,13 +60,16 @@ std::tuple<at::Tensor, at::Tensor> frame_begin_cpu(const at::Tensor& pend_in, co
                                                    at::Tensor& key_valid, at::Tensor& count, at::Tensor& tail_pos,
                                                    int64_t eos) {
   check_frame_begin_inputs(pend_in, pend_len, vision_in, t, weight_in, start, key_valid, count, tail_pos);
+  TORCH_CHECK(eos >= 0, "frame_begin: eos must be >= 0, got ", eos);
   TORCH_CHECK(pend_in.device().is_cpu(), "frame_begin_cpu expects CPU tensors");
   const at::Tensor pend = pend_in.contiguous(), vision = vision_in.contiguous(), weight = weight_in.contiguous();
   const int64_t B = pend.size(0), K = pend.size(1), T = vision.size(1), NV = vision.size(2), D = vision.size(3);
   const int64_t P = K + NV, V = weight.size(0), L = key_valid.size(1), NT = tail_pos.size(1);
   at::Tensor x = at::empty({B, P, D}, vision.options());
   at::Tensor positions = at::empty({B, P}, pend.options());
-  const int64_t plen = pend_len.item<int64_t>(), s0 = start.item<int64_t>(), tt = t.item<int64_t>();
+  const int64_t plen = pend_len.item<int64_t>(), tt = t.item<int64_t>();
+  // a start beyond +-2^40 behaves like the bound (every slot outside the cache); s0 + j cannot overflow
+  const int64_t s0 = std::clamp<int64_t>(start.item<int64_t>(), -(int64_t{1} << 40), int64_t{1} << 40);
   const int64_t* pd = pend.const_data_ptr<int64_t>();
   const float* vis = vision.const_data_ptr<float>();
   const float* w = weight.const_data_ptr<float>();
@@ -89,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor> frame_begin_cpu(const at::Tensor& pend_in, co
       else std::fill(dst, dst + D, 0.0f);
       seen += valid;
       pos[b * P + j] = cnt[b] + seen - 1;
-      if (s0 >= 0 && s0 < L && j < L - s0) kv[b * L + s0 + j] = valid;  // slots outside the cache: skipped
+      if (s0 + j >= 0 && s0 + j < L) kv[b * L + s0 + j] = valid;  // slots outside the cache: skipped
     }
     std::copy(pos + b * P + P - NT, pos + (b + 1) * P, tail + b * NT);
     cnt[b] += seen;

@@ -42,6 +42,10 @@ void check_frame_end_inputs(const at::Tensor& fids, const at::Tensor& n, const a
                          {&pend_len, "pend_len"}, {&out_ids, "out_ids"}, {&out_n, "out_n"}}) {
     args.in_place(*x, name);
   }
+  check_written_apart("frame_end",
+                      {{"key_valid", &key_valid}, {"count", &count}, {"pend", &pend}, {"pend_len", &pend_len},
+                       {"out_ids", &out_ids}, {"out_n", &out_n}},
+                      {{"fids", &fids}, {"n", &n}, {"frame_start", &frame_start}, {"t", &t}});
 }
 
 namespace {
@@ -50,13 +54,16 @@ void frame_end_cpu(const at::Tensor& fids_in, const at::Tensor& n, const at::Ten
                    const at::Tensor& t, at::Tensor& key_valid, at::Tensor& count, at::Tensor& pend,
                    at::Tensor& pend_len, at::Tensor& out_ids, at::Tensor& out_n, int64_t eos) {
   check_frame_end_inputs(fids_in, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n);
+  TORCH_CHECK(eos >= 0, "frame_end: eos must be >= 0, got ", eos);
   TORCH_CHECK(fids_in.device().is_cpu(), "frame_end_cpu expects CPU tensors");
   const at::Tensor fids = fids_in.contiguous();
   const int64_t B = fids.size(0), W = fids.size(1), L = key_valid.size(1), K = pend.size(1);
   const int64_t T = out_ids.size(1);
   const int64_t nn = std::clamp<int64_t>(n.item<int64_t>(), 0, W);  // the documented clamp
   const int64_t fed = K * (std::max<int64_t>(nn - 1, 0) / K);
-  const int64_t s0 = frame_start.item<int64_t>(), tt = t.item<int64_t>();
+  const int64_t tt = t.item<int64_t>();
+  // a start beyond +-2^40 behaves like the bound (every slot outside the cache); s0 + j cannot overflow
+  const int64_t s0 = std::clamp<int64_t>(frame_start.item<int64_t>(), -(int64_t{1} << 40), int64_t{1} << 40);
   const int64_t* f = fids.const_data_ptr<int64_t>();
   bool* kv = key_valid.data_ptr<bool>();
   int64_t* cnt = count.data_ptr<int64_t>();
@@ -69,7 +76,7 @@ void frame_end_cpu(const at::Tensor& fids_in, const at::Tensor& n, const at::Ten
       const bool is_real = row[j] != eos;
       real += is_real;
       // slots outside the cache are skipped (the caller sizes the cache so that they never occur)
-      if (s0 >= 0 && s0 < L && j < L - s0) kv[b * L + s0 + j] = is_real;
+      if (s0 + j >= 0 && s0 + j < L) kv[b * L + s0 + j] = is_real;
     }
     cnt[b] += real;
     for (int64_t k = 0; k < K; ++k) pd[b * K + k] = k < nn - fed ? row[fed + k] : eos;

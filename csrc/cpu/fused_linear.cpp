@@ -12,6 +12,8 @@
 #include <cmath>
 #include <optional>
 
+#include "ops.h"
+
 namespace autogaze_ext {
 
 constexpr int64_t kFusedLinearMaxKCpu = 1024;  // kFusedLinearMaxK of cuda/fused_linear.h (the CUDA kernel's limit)
@@ -58,6 +60,7 @@ namespace {
 at::Tensor fused_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& norm_weight,
                             double eps, const std::optional<at::Tensor>& residual, bool swiglu) {
   const int64_t n_out = check_fused_linear_inputs(x, weight, norm_weight, residual, swiglu);
+  check_finite_arg("fused_linear", "eps", eps, norm_weight.has_value());  // > 0 where the RMSNorm reads it
   TORCH_CHECK(x.device().is_cpu(), "fused_linear_cpu expects CPU tensors");
   const int64_t M = x.size(0), K = x.size(1);
   const int64_t grain = std::max<int64_t>(1, 32768 / (K + n_out));

@@ -26,7 +26,10 @@ void check_preprocess_inputs(const at::Tensor& frames, int64_t out_h, int64_t ou
               "preprocess: out_h and out_w must be in [1, 2^20]");
   TORCH_CHECK(model_size >= 0 && model_size <= kMaxSide, "preprocess: model_size must be in [0, 2^20]");
   TORCH_CHECK(mean.size() == 3 && std.size() == 3, "preprocess: mean and std must hold 3 values");
-  for (double s : std) TORCH_CHECK(s != 0.0, "preprocess: std must be non-zero");
+  for (double m : mean) TORCH_CHECK(std::isfinite(m), "preprocess: mean must be finite, got ", m);
+  for (double s : std) {
+    TORCH_CHECK(std::isfinite(s) && s != 0.0, "preprocess: std must be finite and non-zero, got ", s);
+  }
 }
 
 namespace {
@@ -108,6 +111,7 @@ std::tuple<at::Tensor, at::Tensor> preprocess_cpu(const at::Tensor& frames_in, i
                                                   int64_t model_size, double rescale, bool offset,
                                                   at::ArrayRef<double> mean, at::ArrayRef<double> std) {
   check_preprocess_inputs(frames_in, out_h, out_w, model_size, mean, std);
+  check_finite_arg("preprocess", "rescale", rescale, true);
   TORCH_CHECK(frames_in.device().is_cpu(), "preprocess_cpu expects CPU tensors");
   const at::Tensor frames = frames_in.contiguous();
   const int64_t N = frames.size(0);

@@ -25,7 +25,8 @@ int64_t check_rope_cache_write_inputs(const at::Tensor& qkv, const at::Tensor& p
   TORCH_CHECK(qkv.dim() == 3, "qkv must be (B, n, (H + 2*KVH) * d), got ", qkv.sizes());
   TORCH_CHECK(qkv.scalar_type() == at::kFloat, "qkv must be float32, got ", qkv.scalar_type());
   const int64_t B = qkv.size(0), n = qkv.size(1), heads = num_heads + 2 * num_kv_heads;
-  TORCH_CHECK(qkv.size(2) % heads == 0, "qkv width ", qkv.size(2), " is not a multiple of H + 2*KVH = ", heads);
+  TORCH_CHECK(qkv.size(2) % heads == 0, "qkv width ", qkv.size(2),
+              " is not a multiple of num_heads + 2*num_kv_heads = ", heads);
   const int64_t d = qkv.size(2) / heads;
   TORCH_CHECK(d >= 2 && d <= 256 && d % 2 == 0, "head dim must be even and in [2, 256], got ", d);
   TORCH_CHECK(positions.scalar_type() == at::kLong, "positions must be int64, got ", positions.scalar_type());
@@ -42,7 +43,6 @@ int64_t check_rope_cache_write_inputs(const at::Tensor& qkv, const at::Tensor& p
     TORCH_CHECK(c->is_contiguous(), name, " must be contiguous (it is written in place)");
   }
   TORCH_CHECK(v_cache.size(2) == k_cache.size(2), "k_cache and v_cache must have the same length L");
-  TORCH_CHECK(!k_cache.is_same(v_cache), "k_cache and v_cache must be different tensors");
   TORCH_CHECK(k_cache.size(2) < (int64_t{1} << 31), "cache length must be < 2^31");
   TORCH_CHECK(start.scalar_type() == at::kLong && start.numel() == 1, "start must be a 1-element int64 tensor, got ",
               start.scalar_type(), " ", start.sizes());
@@ -50,6 +50,8 @@ int64_t check_rope_cache_write_inputs(const at::Tensor& qkv, const at::Tensor& p
     TORCH_CHECK(t->device() == qkv.device(), "all rope_cache_write tensors must be on ", qkv.device(), ", got ",
                 t->device());
   }
+  check_written_apart("rope_cache_write", {{"k_cache", &k_cache}, {"v_cache", &v_cache}},
+                      {{"qkv", &qkv}, {"positions", &positions}, {"inv_freq", &inv_freq}, {"start", &start}});
   return d;
 }
 

@@ -73,6 +73,11 @@ void check_select_step_inputs(const at::Tensor& logits, const at::Tensor& loss_p
   args.scalar(active, "active");
   TORCH_CHECK(banned.is_contiguous() && unfinished.is_contiguous() && fids.is_contiguous(),
               "select_step: banned, unfinished and fids are updated in place and must be contiguous");
+  check_written_apart("select_step",
+                      {{"banned", &banned}, {"unfinished", &unfinished}, {"fids", &fids}, {"n", &n},
+                       {"first", &first}, {"active", &active}},
+                      {{"logits", &logits}, {"loss_pred", &loss_pred}, {"cap", &cap}, {"req", &req},
+                       {"has_req", &has_req}});
 }
 
 at::Tensor select_step_cpu(const at::Tensor& logits_in, const at::Tensor& loss_pred_in, const at::Tensor& cap,

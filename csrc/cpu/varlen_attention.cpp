@@ -98,6 +98,7 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
                                 double scale, int64_t num_prefix) {
   const VarlenMode mode = check_varlen_attention_inputs(q, k, v, cu_seqlens, cu_frames,
                                                         std::string_view(mode_str.data(), mode_str.size()), num_prefix);
+  check_finite_arg("varlen_attention", "scale", scale, true);
   TORCH_CHECK(q.device().is_cpu(), "varlen_attention_cpu expects CPU tensors");
   const int64_t total = q.size(0), H = q.size(1);
   const int32_t* cs = cu_seqlens.const_data_ptr<int32_t>();

@@ -27,6 +27,7 @@ at::Tensor decoder_layers_cuda(const at::Tensor& x_in, const at::Tensor& positio
                                bool last_only) {
   check_decoder_layers_inputs(x_in, positions_in, inv_freq, k_cache, v_cache, key_valid_in, start, w_qkv_in, w_o_in,
                               w_gu_in, w_down_in, norm_attn_in, norm_mlp_in, num_heads, num_kv_heads);
+  check_finite_arg("decoder_layers", "eps", eps, true);
   TORCH_CHECK(x_in.is_cuda(), "decoder_layers_cuda expects CUDA tensors");
   const c10::cuda::CUDAGuard guard(x_in.device());
   if (x_in.numel() == 0) return at::empty(decoder_layers_out_shape(x_in, last_only), x_in.options());

@@ -36,13 +36,14 @@ __global__ void __launch_bounds__(kRowThreads) frame_begin_rows_kernel(FrameBegi
   for (int64_t c = threadIdx.x; c < D; c += kRowThreads) dst[c] = src != nullptr ? src[c] : 0.0f;
 
   if (threadIdx.x == 0) {
-    const int64_t plen = *a.pend_len, s0 = *a.start;
+    const int64_t plen = *a.pend_len;
+    const int64_t s0 = min(max(*a.start, -(int64_t{1} << 40)), int64_t{1} << 40);  // s0 + j cannot overflow
     const bool valid = j >= K || (j < plen && a.pend[b * K + j] != a.eos);
     const int64_t seen = j < K ? valid_pending(a, b, j, plen) : valid_pending(a, b, K - 1, plen) + (j - K + 1);
     const int64_t pos = a.count[b] + seen - 1;  // count is updated by the second kernel only
     a.positions[b * P + j] = pos;
     if (j >= P - a.tail) a.tail_pos[b * a.tail + (j - (P - a.tail))] = pos;
-    if (s0 >= 0 && s0 < a.cache_len && j < a.cache_len - s0) a.key_valid[b * a.cache_len + s0 + j] = valid;
+    if (s0 + j >= 0 && s0 + j < a.cache_len) a.key_valid[b * a.cache_len + s0 + j] = valid;  // else skipped
   }
 }
 

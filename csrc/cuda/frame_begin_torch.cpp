@@ -19,6 +19,7 @@ std::tuple<at::Tensor, at::Tensor> frame_begin_cuda(const at::Tensor& pend_in, c
                                                     at::Tensor& key_valid, at::Tensor& count, at::Tensor& tail_pos,
                                                     int64_t eos) {
   check_frame_begin_inputs(pend_in, pend_len, vision_in, t, weight_in, start, key_valid, count, tail_pos);
+  TORCH_CHECK(eos >= 0, "frame_begin: eos must be >= 0, got ", eos);
   TORCH_CHECK(pend_in.is_cuda(), "frame_begin_cuda expects CUDA tensors");
   const c10::cuda::CUDAGuard guard(pend_in.device());
   const at::Tensor pend = pend_in.contiguous(), vision = vision_in.contiguous(), weight = weight_in.contiguous();

@@ -17,7 +17,8 @@ __global__ void __launch_bounds__(kThreads) frame_end_kernel(FrameEndArgs a) {
   const int64_t W = a.width, L = a.cache_len, K = a.chunk;
   const int64_t nn = min(max(*a.n, int64_t{0}), W);
   const int64_t fed = K * (max(nn - 1, int64_t{0}) / K);
-  const int64_t s0 = *a.frame_start, tt = *a.t;
+  const int64_t tt = *a.t;
+  const int64_t s0 = min(max(*a.frame_start, -(int64_t{1} << 40)), int64_t{1} << 40);  // s0 + j cannot overflow
   const bool store = tt >= 0 && tt < a.frames;
   const int64_t* row = a.fids + b * W;
   const int64_t cols = b < a.batch ? W : 0;  // B = 0: one block, for the scalars alone
@@ -29,7 +30,7 @@ __global__ void __launch_bounds__(kThreads) frame_end_kernel(FrameEndArgs a) {
     if (j < fed) {
       const bool is_real = id != a.eos;
       real += is_real;
-      if (s0 >= 0 && s0 < L && j < L - s0) a.key_valid[b * L + s0 + j] = is_real;
+      if (s0 + j >= 0 && s0 + j < L) a.key_valid[b * L + s0 + j] = is_real;  // slots outside: skipped
     }
   }
   for (int64_t k = tid; k < (cols > 0 ? K : 0); k += kThreads) {

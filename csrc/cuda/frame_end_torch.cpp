@@ -14,6 +14,7 @@ void frame_end_cuda(const at::Tensor& fids_in, const at::Tensor& n, const at::Te
                     const at::Tensor& t, at::Tensor& key_valid, at::Tensor& count, at::Tensor& pend,
                     at::Tensor& pend_len, at::Tensor& out_ids, at::Tensor& out_n, int64_t eos) {
   check_frame_end_inputs(fids_in, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n);
+  TORCH_CHECK(eos >= 0, "frame_end: eos must be >= 0, got ", eos);
   TORCH_CHECK(fids_in.is_cuda(), "frame_end_cuda expects CUDA tensors");
   const c10::cuda::CUDAGuard guard(fids_in.device());
   const at::Tensor fids = fids_in.contiguous();

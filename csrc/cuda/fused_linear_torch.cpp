@@ -9,6 +9,7 @@
 #include <optional>
 
 #include "cuda/fused_linear.h"
+#include "ops.h"
 
 namespace autogaze_ext {
 
@@ -23,6 +24,7 @@ at::Tensor fused_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& norm_weight, double eps,
                              const std::optional<at::Tensor>& residual, bool swiglu) {
   const int64_t n_out = check_fused_linear_inputs(x, weight, norm_weight, residual, swiglu);
+  check_finite_arg("fused_linear", "eps", eps, norm_weight.has_value());  // > 0 where the RMSNorm reads it
   TORCH_CHECK(x.is_cuda(), "fused_linear_cuda expects CUDA tensors");
   const int64_t M = x.size(0), K = x.size(1), N = weight.size(0);
   TORCH_CHECK(K <= kFusedLinearMaxK, "fused_linear: K must be <= ", kFusedLinearMaxK, ", got ", K);

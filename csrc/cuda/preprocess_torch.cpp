@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "cuda/preprocess.h"
+#include "ops.h"
 
 namespace autogaze_ext {
 
@@ -19,6 +20,7 @@ std::tuple<at::Tensor, at::Tensor> preprocess_cuda(const at::Tensor& frames_in, 
                                                    int64_t model_size, double rescale, bool offset,
                                                    at::ArrayRef<double> mean, at::ArrayRef<double> std) {
   check_preprocess_inputs(frames_in, out_h, out_w, model_size, mean, std);
+  check_finite_arg("preprocess", "rescale", rescale, true);
   TORCH_CHECK(frames_in.is_cuda(), "preprocess_cuda expects CUDA tensors");
   const c10::cuda::CUDAGuard guard(frames_in.device());
   const at::Tensor frames = frames_in.contiguous();

@@ -20,6 +20,7 @@ at::Tensor varlen_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
   // them, and the kernels clamp whatever they read to [0, total].
   const VarlenMode mode = check_varlen_attention_inputs(q, k, v, cu_seqlens, cu_frames,
                                                         std::string_view(mode_str.data(), mode_str.size()), num_prefix);
+  check_finite_arg("varlen_attention", "scale", scale, true);
   TORCH_CHECK(q.is_cuda(), "varlen_attention_cuda expects CUDA tensors");
   TORCH_CHECK(q.size(1) <= 65535, "varlen_attention: at most 65535 heads");
   const c10::cuda::CUDAGuard guard(q.device());
