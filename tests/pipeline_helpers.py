@@ -8,6 +8,19 @@ TINY_SIGLIP = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, nu
                    patch_size=16)
 
 
+def fixture_model_dir():
+    """The official fixture checkpoint folder (the model alone travels to GPU machines), or None."""
+    import os
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for c in [os.environ.get("AUTOGAZE_FIXTURES"), repo / ".fixtures" / "official", repo.parent / "shared" / "fixtures"
+              / "official"]:
+        if c and (Path(c) / "model" / "config.json").is_file():
+            return Path(c) / "model"
+    return None
+
+
 def write_video(path, frames, fps: int = 25, faststart: bool = False, codec: str = "libx264") -> str:
     """Frames ((T, H, W, 3) uint8, or an iterable of such chunks) -> an H.264 file (even sides)."""
     import av

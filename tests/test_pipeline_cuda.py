@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import fixture_dir
-from pipeline_helpers import compare_to_file, decoded_frames, tiny_siglip, write_video
+from pipeline_helpers import compare_to_file, decoded_frames, fixture_model_dir, tiny_siglip, write_video
 
 pytestmark = pytest.mark.cuda
 if not torch.cuda.is_available():
@@ -19,10 +18,10 @@ from autogaze_ext.synthetic import moving_objects_clip  # noqa: E402
 
 @pytest.fixture(scope="module")
 def gazer():
-    d = fixture_dir()
+    d = fixture_model_dir()
     if d is None:
-        pytest.skip("official fixture model not found")
-    return ag.AutoGaze.from_pretrained(d / "model").cuda()
+        pytest.skip("official fixture model not found ($AUTOGAZE_FIXTURES, .fixtures/official, ../shared)")
+    return ag.AutoGaze.from_pretrained(d).cuda()
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
