@@ -28,21 +28,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gaze import default_model_dir  # noqa: E402
 from common import card_name, save_json  # noqa: E402
 
 import autogaze_ext as ag  # noqa: E402
 from autogaze_ext.pipeline.decode import ClipReader  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 RATIO = [0.75] + [0.0378] * 15
-
-
-def default_model_dir() -> Path:
-    for c in [os.environ.get("AUTOGAZE_MODEL"), REPO / ".fixtures/official/model",
-              REPO.parent / "shared/fixtures/official/model"]:
-        if c and (Path(c) / "config.json").is_file():
-            return Path(c)
-    raise SystemExit("no model: pass --model DIR (a folder with config.json + model.safetensors)")
 
 
 def make_video(path: str, frames: int, width: int, height: int, fps: int = 30) -> float:
