@@ -1,6 +1,7 @@
 """Builds autogaze_ext._C with CMake (CMakeLists.txt) against the torch installed in this environment.
 
-Install with `pip install --no-build-isolation .` (or `-e .`) so the build sees that torch.
+Install with `pip install --no-build-isolation .` (or `-e .`) so the build sees that torch; without torch in
+the build environment (pip's default isolated build) the build stops with a message saying so.
 
 Environment:
   AUTOGAZE_EXT_NO_CUDA=1   CPU kernels only, even when torch has CUDA and nvcc is found
@@ -40,10 +41,29 @@ def _tool(module: str, name: str) -> str:
     return exe
 
 
+def _import_build_dependency(name: str):
+    """torch and pybind11 come from the environment (no build isolation): a clear message when they are absent."""
+    try:
+        return __import__(name)
+    except ImportError:
+        pass
+    if name == "torch":
+        sys.exit(
+            "autogaze_ext: torch is not importable in the build environment. The extension must be compiled "
+            "against the torch you will run, so torch is deliberately not a build requirement, and pip's default "
+            "isolated build environment has none. Install torch first, then build without isolation:\n"
+            "    pip install torch pybind11 cmake ninja numpy\n"
+            "    pip install --no-build-isolation .        (or -e . for a development install)\n"
+            "(README \"Building\")")
+    sys.exit(f"autogaze_ext: `{name}` is not installed; with --no-build-isolation the build uses this environment: "
+             f"pip install {name}")
+
+
 class CMakeBuild(build_ext):
     def build_extension(self, ext: Extension) -> None:
-        import pybind11
-        import torch
+        torch = _import_build_dependency("torch")
+        pybind11 = _import_build_dependency("pybind11")
+        import torch.utils  # noqa: F401  (cmake_prefix_path)
 
         target = Path(self.get_ext_fullpath(ext.name)).resolve()
         # CMake finds nvcc (CUDA_HOME, CUDA_PATH, CUDACXX, PATH) and builds the CUDA kernels when it can.

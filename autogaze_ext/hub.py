@@ -258,7 +258,8 @@ def _timm_id(name: str, revision: str | None) -> str | None:
         import timm
     except ImportError:
         if on_hub:
-            raise ImportError(f"vit {name!r}: timm models need timm: {VIT_EXTRA}") from None
+            raise ImportError(f"vit {name!r}: timm models need timm: pip install timm together with the torchvision "
+                              f"build of your torch (README \"Building\")") from None
         return None
     if on_hub:
         model_id = "hf-hub:" + name if name.startswith("timm/") else name

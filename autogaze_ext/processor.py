@@ -99,6 +99,26 @@ class AutoGazeImageProcessor:
             overrides["size"] = {"height": int(h), "width": int(w)}
         return cls(**{**cfg, **overrides})
 
+    def __repr__(self) -> str:
+        """One line: what the processor does to a frame (resize, rescale, normalise), not the dict."""
+        c = self.config
+        parts = []
+        if c["do_resize"]:
+            s = c["size"]
+            parts.append(f"resize={s['height']}x{s['width']}" if "height" in s and "width" in s
+                         else f"shortest_edge={s.get('shortest_edge')}")
+        else:
+            parts.append("resize=None")
+        if c["do_rescale"]:
+            f = float(c["rescale_factor"])
+            inv = 1 / f if f else 0.0
+            scale = f"x/{inv:.6g}" if f and abs(inv - round(inv, 3)) < 1e-6 else f"x*{f:.6g}"
+            parts.append(f"rescale={scale}" + (" - 1" if c["offset"] else ""))
+        if c["do_normalize"]:
+            fmt = lambda v: "(" + ", ".join(f"{float(x):.3g}" for x in v) + ")"  # noqa: E731
+            parts.append(f"mean={fmt(c['image_mean'])}, std={fmt(c['image_std'])}")
+        return f"{type(self).__name__}({', '.join(parts)})"
+
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
         with open(os.path.join(directory, "preprocessor_config.json"), "w", encoding="utf-8") as f:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -37,27 +37,11 @@ class VideoInfo:
 
 
 def _open(path: str):
-    try:
-        import av
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("video: decoding needs PyAV: pip install av (or autogaze-ext[video])") from e
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"video: no such file: {path!r}")
-    if os.path.isdir(path):
-        raise ValueError(f"video: {path!r} is a folder, not a video file")
-    try:
-        container = av.open(path)
-    except av.error.FFmpegError as e:
-        raise ValueError(f"video: cannot read {path!r}: not a video or corrupt ({e})") from None
-    if not container.streams.video:
-        container.close()
-        raise ValueError(f"video: {path!r} has no video stream")
-    stream = container.streams.video[0]
-    if stream.codec_context is None or not stream.codec_context.name:
-        container.close()
-        raise ValueError(f"video: {path!r} uses a codec this build of PyAV cannot decode")
-    return container, stream
+    """(container, stream): the encode pipeline's checks (missing, folder, empty, not a video, no video
+    stream, no decoder), one message each."""
+    from .pipeline.decode import open_video
+
+    return open_video(path)
 
 
 def probe(path: str) -> VideoInfo:
@@ -74,13 +58,12 @@ def probe(path: str) -> VideoInfo:
 def iter_frames(path: str, max_frames: int | None = None, fps: float | None = None) -> Iterator[np.ndarray]:
     """Decoded RGB frames (H, W, 3) uint8, one at a time. ``fps`` keeps about that many frames per
     second of video (by timestamp); ``max_frames`` stops after that many frames are yielded."""
-    import av
-
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames: expected >= 1, got {max_frames}")
     if fps is not None and not fps > 0:
         raise ValueError(f"fps: expected > 0, got {fps}")
-    container, stream = _open(path)
+    container, stream = _open(path)  # first: says how to install PyAV when it is missing
+    import av
     n, next_t = 0, 0.0
     try:
         for frame in container.decode(stream):
@@ -224,9 +207,14 @@ class ClipResult:
 
 def gaze_clips(gazer, clips: Iterable[tuple[np.ndarray, int]], processor: AutoGazeImageProcessor | None = None,
                device: str | torch.device = "cpu", tile_mode: str = "resize", batch_rows: int = 16,
-               reconstruct: bool = False, timings: dict | None = None, **gaze_kwargs) -> Iterator[ClipResult]:
-    """Gaze clips in batches of about ``batch_rows`` tiles; yields one ClipResult per clip, in order.
-    ``timings`` (a defaultdict(float)) receives seconds spent per stage."""
+               reconstruct: bool = False, timings: dict | None = None,
+               progress: Callable[[str, int], None] | None = None, **gaze_kwargs) -> Iterator[ClipResult]:
+    """Gaze clips in batches of about ``batch_rows`` tiles; yields one ClipResult per clip, in order, as
+    soon as its batch is gazed (a clip with more tiles than ``batch_rows`` is gazed alone; on the CPU one clip
+    per batch is as fast as larger batches, so small batches cost nothing and report progress sooner).
+    ``timings`` (a defaultdict(float)) receives seconds spent per stage. ``progress(stage, frames)`` is
+    called as each stage starts: ``"preprocess"`` for every clip and ``"gaze"`` for every batch, with the
+    number of real frames concerned (clips come from ``clips`` lazily, so decoding happens between calls)."""
     import time
     from collections import defaultdict
 
@@ -244,6 +232,8 @@ def gaze_clips(gazer, clips: Iterable[tuple[np.ndarray, int]], processor: AutoGa
 
     def flush():
         tiles = torch.cat([p[3] for p in pending], dim=0)
+        if progress is not None:
+            progress("gaze", sum(p[2] for p in pending))
         t0 = time.perf_counter()
         out = gazer.generate(tiles, **gaze_kwargs)
         t1 = time.perf_counter()
@@ -271,6 +261,8 @@ def gaze_clips(gazer, clips: Iterable[tuple[np.ndarray, int]], processor: AutoGa
 
     for idx, (clip, n_real) in enumerate(clips):
         geom = TileGeometry(clip.shape[1], clip.shape[2], tile_mode)
+        if progress is not None:
+            progress("preprocess", n_real)
         t0 = time.perf_counter()
         tiles = tile_clip(clip, geom, processor, device)
         timings["preprocess_s"] += time.perf_counter() - t0
@@ -299,6 +291,11 @@ class StreamGazer:
 
     def __init__(self, gazer, processor: AutoGazeImageProcessor | None = None, device="cpu",
                  tile_mode: str = "resize", clip_len: int = 16, **gaze_kwargs):
+        if isinstance(clip_len, bool) or not isinstance(clip_len, int) or clip_len < 1:
+            raise ValueError(f"clip_len: expected a positive int, got {clip_len!r}")
+        limit = getattr(getattr(gazer, "config", None), "max_num_frames", None)
+        if isinstance(limit, int) and clip_len > limit:
+            raise ValueError(f"clip_len: the model was trained on clips of at most {limit} frames, got {clip_len}")
         self.gazer, self.processor = gazer, processor or AutoGazeImageProcessor()
         self.device, self.tile_mode, self.clip_len, self.kw = device, tile_mode, clip_len, gaze_kwargs
         self.grids = _grids(gazer)

@@ -9,9 +9,11 @@ import numpy as np
 SCALE_COLOURS = [(66, 133, 244), (52, 168, 83), (251, 188, 5), (234, 67, 53)]
 
 
-def overlay(frame: np.ndarray, boxes, alpha: float = 0.35, dim: float = 0.45) -> np.ndarray:
-    """Dims what was not gazed, tints what was (colour by scale) and outlines each box.
-    frame (H, W, 3) uint8; boxes [(x0, y0, x1, y1, scale_index)] in pixels."""
+def overlay(frame: np.ndarray, boxes, alpha: float = 0.2, dim: float = 0.6) -> np.ndarray:
+    """Dims what was not gazed (to ``dim`` of its brightness), tints what was with its scale's colour
+    (``alpha`` of it: light enough to see the picture through) and outlines each box.
+    frame (H, W, 3) uint8; boxes [(x0, y0, x1, y1, scale_index)] in pixels. ``draw_scale_key`` adds the
+    colour key."""
     H, W, _ = frame.shape
     out = frame.astype(np.float32)
     gazed = np.zeros((H, W), bool)
@@ -50,7 +52,56 @@ def side_by_side(*images: np.ndarray, gap: int = 4) -> np.ndarray:
 
 
 def legend(scales, height: int = 18) -> list[tuple[str, tuple]]:
+    """(label, RGB colour) per scale, coarse to fine: the colour key of ``overlay``."""
     return [(f"{s}px", SCALE_COLOURS[i % len(SCALE_COLOURS)]) for i, s in enumerate(scales)]
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable (Pillow >= 10.1 with FreeType)
+    except (TypeError, OSError, ImportError):  # pragma: no cover - older Pillow: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def draw_scale_key(image: np.ndarray, scales=(32, 64, 112, 224), corner: str = "bottom-left") -> np.ndarray:
+    """The colour key of ``overlay`` drawn into a corner of ``image`` (H, W, 3) uint8: a small dark box with
+    one swatch and label per scale ("32 64 112 224 px" in blue/green/orange/red). Returns a new array; the
+    key is shrunk to fit narrow images (and left out below 64 px)."""
+    from PIL import Image, ImageDraw
+
+    H, W = image.shape[:2]
+    if W < 64 or H < 24:
+        return image.copy()
+    labels = [str(s) for s in scales] + ["px"]
+    size = max(8, min(20, min(W, H) // 28))
+    while True:
+        font = _font(size)
+        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+        bboxes = [probe.textbbox((0, 0), t, font=font) for t in labels]  # (left, top, right, bottom)
+        widths = [b[2] for b in bboxes]
+        sw, pad, gap = size - 2, max(2, size // 3), max(3, size // 2)
+        box_w = pad * 2 + sum(sw + 2 + w + gap for w in widths[:-1]) + widths[-1]
+        if box_w <= W - 4 or size <= 8:
+            break
+        size -= 1
+    box_h = size + 2 * pad
+    x0 = 2 if "left" in corner else max(0, W - box_w - 2)
+    y0 = max(0, H - box_h - 2) if "bottom" in corner else 2
+    img = Image.fromarray(np.ascontiguousarray(image))
+    shade = Image.new("RGBA", img.size, (0, 0, 0, 0))
+    ImageDraw.Draw(shade).rectangle((x0, y0, x0 + box_w, y0 + box_h), fill=(0, 0, 0, 170))
+    img = Image.alpha_composite(img.convert("RGBA"), shade).convert("RGB")
+    d = ImageDraw.Draw(img)
+    x, yc = x0 + pad, y0 + box_h // 2
+    for i, (text, b) in enumerate(zip(labels, bboxes)):
+        if i < len(scales):
+            d.rectangle((x, yc - sw // 2, x + sw, yc - sw // 2 + sw), fill=SCALE_COLOURS[i % len(SCALE_COLOURS)])
+            x += sw + 2
+        d.text((x, yc - (b[1] + b[3]) // 2), text, fill=(255, 255, 255), font=font)  # centred on the row
+        x += b[2] + gap
+    return np.asarray(img)
 
 
 class VideoWriter:

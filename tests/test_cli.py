@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,9 +11,11 @@ import pytest
 from conftest import data_dir, fixture_dir
 
 
-def _run(*args, cwd=None):
+def _run(*args, cwd=None, env=None):
+    # OMP_WAIT_POLICY set: the CLI's policy without its one re-execution (tests/test_first_hour.py covers that)
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})}
     return subprocess.run([sys.executable, "-m", "autogaze_ext", *args], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
+                          timeout=600, cwd=cwd, env=env)
 
 
 def test_demo_writes_overlay_and_stats(tmp_path):
@@ -70,6 +73,6 @@ def test_errors_are_clear(tmp_path):
     r = _run("demo", "--checkpoint", str(tmp_path), "--out", "")
     assert r.returncode == 2 and "config.json" in r.stderr
     r = _run("demo", "--max-error", "-1", "--frames", "1", "--size", "224", "--out", "")
-    assert r.returncode == 2 and "max_error" in r.stderr
+    assert r.returncode == 2 and "--max-error" in r.stderr
     r = _run("demo", "--precision", "tf32", "--frames", "1", "--size", "224", "--out", "")
     assert r.returncode == 2 and "--precision" in r.stderr

@@ -98,8 +98,11 @@ def test_bad_files_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="folder"):
         probe(tmp_path)
     (tmp_path / "text.mp4").write_text("this is not a video")
-    with pytest.raises(ValueError, match="not a video or corrupt"):
+    with pytest.raises(ValueError, match="not a video, or corrupt"):
         probe(tmp_path / "text.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(ValueError, match="is empty"):
+        probe(tmp_path / "empty.mp4")
     good = _write(tmp_path / "good.mp4", moving_objects_clip(12, 224, 224))
     data = good.read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 3])

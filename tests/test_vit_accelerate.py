@@ -248,9 +248,15 @@ def test_errors(transformers):
 # ---------------------------------------------------------------------------------------------------- timm
 
 
+# timm is in no extra: it depends on torchvision, and pip would pick the newest torchvision and with it replace the
+# installed torch (README "Building")
+TIMM_SKIP = ("timm is not installed (not in [test]: its torchvision dependency would replace your torch); to run "
+             "these tests install timm with the torchvision build paired with your torch (README \"Building\")")
+
+
 @pytest.fixture(scope="module")
 def timm():
-    return pytest.importorskip("timm")
+    return pytest.importorskip("timm", reason=TIMM_SKIP)
 
 
 def tiny_timm(timm, seed=0, **kw):
@@ -381,7 +387,7 @@ def test_cuda_graphed_block_stack_matches_eager(transformers, family):
     if not _has_cuda_kernel():
         pytest.skip("graphs need the compiled varlen_attention kernel")
     if family == "timm":
-        model = tiny_timm(pytest.importorskip("timm"), 21, reg_tokens=1).cuda()
+        model = tiny_timm(pytest.importorskip("timm", reason=TIMM_SKIP), 21, reg_tokens=1).cuda()
     else:
         model = tiny_siglip(transformers, 21).cuda()
     from autogaze_ext.vit.graphs import bucket_rows

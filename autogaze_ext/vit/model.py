@@ -118,13 +118,20 @@ class GazedViT(nn.Module):
         out[packed.prefix_rows] = prefix.to(x.dtype).repeat(len(packed.lengths), 1)
         return out
 
-    def forward(self, video: torch.Tensor, *args, gaze=None, mode: str | None = None, as_list: bool = False,
-                validate: bool = True, **kwargs):
+    def forward(self, video: torch.Tensor | None = None, *args, gaze=None, mode: str | None = None,
+                as_list: bool = False, validate: bool = True, pixel_values: torch.Tensor | None = None, **kwargs):
         """Stock forward without ``gaze``. With ``gaze`` (a GazeOutput or the official dict; ids laid out for
         ``scales``): video (B, T, C, H, W) preprocessed for this ViT -> GazedFeatures (or, with as_list=True,
-        a list of (L_b, D) tensors). mode overrides the attention mode given to accelerate()."""
+        a list of (L_b, D) tensors). mode overrides the attention mode given to accelerate().
+        ``pixel_values=`` (the stock models' name for the input) may stand for ``video`` in both."""
+        if pixel_values is not None:
+            if video is not None:
+                raise TypeError("pass the input once: as video (positional) or as pixel_values, not both")
+            video = pixel_values
+        if video is None:
+            raise TypeError("missing the input: vit(video, gaze=...) or vit(pixel_values=...)")
         if gaze is None:
-            return self.model(video, *args, **kwargs)
+            return self.model(video, *args, **kwargs)  # positional: SigLIP's pixel_values, timm's x
         if args or kwargs:
             raise TypeError(f"the gazed forward takes only video, gaze, mode, as_list and validate; got extra "
                             f"{len(args)} positional and {sorted(kwargs)} keyword arguments")
