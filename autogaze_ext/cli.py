@@ -207,8 +207,6 @@ class _Progress:
     running now (decode / preprocess / gaze / render) and its postfix the frames decoded so far and the tokens
     kept. It moves on each gazed batch (one clip on the CPU by default), not only at the end."""
 
-    STAGES = ("decode", "preprocess", "gaze", "render")
-
     def __init__(self, total, quiet: bool):
         from tqdm import tqdm
 

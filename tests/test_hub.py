@@ -336,7 +336,7 @@ def test_timm_download_failure_is_clear(fake_timm, hf):
 
 def test_timm_missing(monkeypatch, hf):
     monkeypatch.setitem(sys.modules, "timm", None)
-    with pytest.raises(ImportError, match=r"timm.*autogaze-ext\[vit\]"):
+    with pytest.raises(ImportError, match=r"timm models need timm: pip install timm.*torchvision"):
         hub.load_vit("timm/vit_small_patch14_dinov2")
     hf.answer = hub_error("RepositoryNotFoundError")  # without timm a bare name can only be a hub id
     with pytest.raises(FileNotFoundError, match="no such repo"):

@@ -245,6 +245,7 @@ def test_cli_encode_checks_before_decoding(tmp_path, vit_dir):
     for args, msg in [(["--out", str(afile)], "--out"), (["--out", str(tmp_path / "o"), "--gazing-ratio", "2"],
                                                           "--gazing-ratio"),
                       (["--out", str(tmp_path / "o"), "--device", "tpu"], "--device"),
+                      (["--out", str(tmp_path / "o"), "--threads", "0"], "--threads"),
                       (["--out", str(tmp_path / "o"), "--task-loss-requirement", "0.5"], "--task-loss-requirement"),
                       (["--out", str(tmp_path / "o"), "--json", str(tmp_path)], "--json")]:
         r = _cli("encode", v, *args, "--vit", str(vit_dir), "--quiet")

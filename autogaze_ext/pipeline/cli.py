@@ -47,6 +47,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="re-encode videos whose output is already complete")
     e.add_argument("--no-fsync", action="store_true", help="skip fsync before the atomic rename (faster, less durable)")
     e.add_argument("--json", help="also write the summary (per video and totals) to this JSON file")
+    e.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU compute threads (default: the usable CPUs, or $OMP_NUM_THREADS; README \"CPU threads\")")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
     return e
 
@@ -103,6 +105,8 @@ def check_options(args) -> None:
         raise ValueError(f"--max-error: expected a value >= 0, got {args.max_error}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ValueError(f"--batch-size: expected >= 1, got {args.batch_size}")
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads: expected >= 1, got {args.threads}")
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames: expected >= 1, got {args.max_frames}")
     if args.checkpoint and args.max_error is not None:
@@ -154,6 +158,10 @@ def run(args) -> int:
     todo, skipped = [], []
     for video, out in pairs:
         (todo if args.overwrite or not is_complete(out) else skipped).append((video, out))
+    if device.type == "cpu":
+        from ..cli import configure_cpu_threads
+
+        configure_cpu_threads(args.threads)  # the command line's measured CPU policy
     dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
