@@ -179,7 +179,7 @@ def run(args) -> int:
     for video, out in skipped:
         print(f"skip (complete): {video} -> {out}", file=sys.stderr)
 
-    infos, total_frames, rows = {}, 0, []
+    infos, total_frames = {}, 0
     for video, out in todo:  # frame counts for one progress bar over all videos; unreadable ones fail below
         try:
             infos[video] = probe(video)

@@ -32,7 +32,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..video import TILE, TileGeometry, canvas_config, canvas_to_tiles, pad_canvas
 from .decode import Clip, ClipReader
