@@ -22,6 +22,7 @@ from .fast import FastGazeRunner, _slot_budget, custom_ops_available
 from .generation import DecodeState, Sampler, decode_frame
 from .masks import gazing_masks, positions_from_masks
 from .output import TARGET_SCALE_DELETED, GazeOutput
+from .scoring import TeacherForcedScores, gazing_tensors, teacher_forced_scores
 
 GazeState = DecodeState
 
@@ -540,31 +541,86 @@ class AutoGaze(nn.Module):
             task_loss_requirement=req, has_task_loss_requirement=req is not None, deleted=TARGET_SCALE_DELETED,
         )
 
+    # --- teacher-forced scoring (training) --------------------------------------------------------
+    def score(self, video: torch.Tensor, gazing_info, *, precision: str = "bf16", check: bool = True
+              ) -> TeacherForcedScores:
+        """Teacher-forced scores of given gaze sequences: the training forward (spec §7.1, ``autogaze_ext.model.scoring``).
+
+        video: (B, T, 3, H, W) float, normalised by :class:`AutoGazeImageProcessor` (resized to 224 inside).
+        gazing_info: ``autogaze_ext.training.collate_gazing_info(labels, ...)`` or a :class:`GazeOutput` (e.g.
+        sampled trajectories): ``gazing_pos`` (B, N) video-global ids, ``if_padded_gazing`` (B, N) bool and
+        ``num_gazing_each_frame`` (T,); moved to the video's device. ``check`` verifies that every unpadded id of
+        frame t lies in [265 t, 265 (t + 1)) (one device sync).
+        precision: "bf16" (default) runs the pass under CUDA bf16 autocast, as the official training forward does
+        unconditionally on a GPU; "fp32" opts out (true fp32, TF32 off). On the CPU both are fp32, as the official.
+
+        Returns :class:`TeacherForcedScores` ``(log_action_probs, task_loss_prediction, gaze_probs)``, each (B, N)
+        float32 and differentiable w.r.t. the weights (grad mode permitting): ``log_action_probs = log(p + 1e-8)``
+        with p the softmax over all 266 outputs of the slot's head (padded slots: p of EOS).
+        """
+        _check_bool(check, "check")
+        video = self._check_video(video)
+        B, T = video.shape[:2]
+        gpos, padded, counts = gazing_tensors(gazing_info, B, T, self.num_vision_tokens_each_frame, video.device,
+                                              check)
+        return teacher_forced_scores(self.gazing_model, video, gpos, padded, counts, precision)
+
     # --- the official call style ----------------------------------------------------------------
     def forward(self, inputs: dict, target_scales=None, target_patch_size=None, gazing_info=None,
                 temperature=1.0, gazing_ratio=None, task_loss_requirement=None, generate_only=False,
                 use_cache=False, past_key_values=None, past_inputs_embeds=None,
-                past_attention_mask=None, past_conv_values=None) -> GazeOutput:
+                past_attention_mask=None, past_conv_values=None, *, precision: str = "bf16") -> GazeOutput:
         """``model({"video": v}, gazing_ratio=..., generate_only=True)`` as in the official code.
+
+        Without ``gazing_info`` the model gazes (greedy in ``eval()``, sampling with ``temperature`` and top-k 50
+        in ``train()``, as the official forward); with ``generate_only=False`` (the official default) the gaze is
+        then scored teacher-forced (:meth:`score`, ``precision`` as there): ``log_action_probs`` and
+        ``task_loss_prediction`` are filled in — the official's second pass, under bf16 autocast on a GPU. With
+        ``gazing_info`` (``collate_gazing_info(...)`` or a GazeOutput) it only scores those ids: the dictionary then
+        carries ``gazing_pos`` / ``if_padded_gazing`` / ``num_gazing_each_frame`` as given, their masks, and
+        ``task_loss_requirement`` from ``gazing_info`` if it has one, as the official. Target scales other than the
+        model's own gaze tiles, whose outputs the official deletes the scores from, so they are only accepted
+        without ``gazing_info`` (the scoring pass is then skipped).
 
         Streaming in this style: ``use_cache=True`` returns the state under ``past_key_values``;
         pass it back as ``past_key_values`` (the other three ``past_*`` arguments are not used).
         """
         if not isinstance(inputs, dict) or "video" not in inputs:
             raise TypeError("inputs: expected a dict with a 'video' tensor")
-        if gazing_info is not None or not generate_only:
-            raise NotImplementedError(
-                "teacher-forced scoring (gazing_info / generate_only=False) is not implemented; "
-                "pass generate_only=True"
-            )
+        _check_bool(generate_only, "generate_only")
         if past_key_values is not None and not isinstance(past_key_values, GazeState):
             raise TypeError("past_key_values: expected the state returned by a previous use_cache=True call")
-        res = self.generate(
-            inputs["video"], gazing_ratio, task_loss_requirement, target_scales, target_patch_size,
-            state=past_key_values, return_state=use_cache, temperature=temperature,
-        )
-        if use_cache:
-            out, st = res
-            out.past_key_values = st  # the other three past_* keys stay None
-            return out
-        return res
+        adapt = self._needs_adaptation(target_scales, target_patch_size)
+        # as the official: an empty dict (a loader without labels) means "gaze first"
+        given = gazing_info is not None and not (isinstance(gazing_info, dict) and len(gazing_info) == 0)
+        if not generate_only and (use_cache or past_key_values is not None):
+            raise ValueError("use_cache / past_key_values: streaming needs generate_only=True (the official forward "
+                             "does not score streamed gaze either)")
+        if given:
+            if adapt:
+                raise ValueError("gazing_info: teacher-forced scoring works on the model's own token layout; pass "
+                                 f"target_scales={self.scales} (or none), not {list(target_scales)}")
+            video = self._check_video(inputs["video"])
+            B, T = video.shape[:2]
+            gpos, padded, counts = gazing_tensors(gazing_info, B, T, self.num_vision_tokens_each_frame, video.device)
+            req = gazing_info.get("task_loss_requirement") if hasattr(gazing_info, "get") else None
+            out = self._output(gpos, padded, torch.tensor(counts, dtype=torch.long, device=video.device), T, req)
+        else:
+            res = self.generate(
+                inputs["video"], gazing_ratio, task_loss_requirement, target_scales, target_patch_size,
+                state=past_key_values, return_state=use_cache, temperature=temperature,
+            )
+            if use_cache:
+                out, st = res
+                out.past_key_values = st  # the other three past_* keys stay None
+                return out
+            out = res
+            if adapt:  # the official deletes the scores of adapted output: skip the pass
+                return out
+            video, gpos, padded, counts = inputs["video"], out.gazing_pos, out.if_padded_gazing, \
+                out.num_gazing_each_frame.tolist()
+        if not generate_only:
+            video = self._check_video(video)
+            s = teacher_forced_scores(self.gazing_model, video, gpos, padded, counts, precision)
+            out.log_action_probs, out.task_loss_prediction = s.log_action_probs, s.task_loss_prediction
+        return out

@@ -76,7 +76,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(D, self.kvh * self.d, bias=False)
         self.o_proj = nn.Linear(self.h * self.d, D, bias=False)
 
-    def forward(self, x, cos, sin, allowed, cache: "KVCache | None", layer: int):
+    def forward(self, x, cos, sin, allowed, cache: "KVCache | None", layer: int, sdpa: bool = False):
         B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.h, self.d).transpose(1, 2)
         k = self.k_proj(x).view(B, L, self.kvh, self.d).transpose(1, 2)
@@ -87,6 +87,9 @@ class Attention(nn.Module):
         if self.kvh != self.h:
             k = k.repeat_interleave(self.h // self.kvh, dim=1)
             v = v.repeat_interleave(self.h // self.kvh, dim=1)
+        if sdpa:  # teacher-forced training: torch's fused attention (autograd, no (L, L) score copies kept)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            return self.o_proj(out.transpose(1, 2).reshape(B, L, self.h * self.d))
         scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(self.d))
         scores = scores.masked_fill(~allowed, float("-inf"))
         probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
@@ -113,8 +116,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, allowed, cache, layer):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, cache, layer)
+    def forward(self, x, cos, sin, allowed, cache, layer, sdpa: bool = False):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed, cache, layer, sdpa)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -164,12 +167,14 @@ class GazeDecoder(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, key_mask: torch.Tensor,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, sdpa: bool = False) -> torch.Tensor:
         """Run the trunk on new tokens.
 
         x: (B, L, D) embeddings of the tokens being fed; positions: (B, L) RoPE positions;
         key_mask: (B, S) bool over every key the new tokens may see (cached + new, S = past + L);
         a query at sequence index i sees key j when j <= i and key_mask[j].
+        sdpa: attention through ``F.scaled_dot_product_attention`` (as the official decoder's default ``sdpa``;
+        used by teacher-forced scoring for training) instead of the explicit softmax of generation.
         Returns the final-normed hidden states (B, L, D).
         """
         B, L, _ = x.shape
@@ -182,7 +187,7 @@ class GazeDecoder(nn.Module):
         allowed = (k_idx <= q_idx)[None, None] & key_mask[:, None, None, :]
         cos, sin = rope_cos_sin(self.inv_freq, positions, x.dtype)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, allowed, cache, i)
+            x = layer(x, cos, sin, allowed, cache, i, sdpa)
         return self.model.norm(x)
 
     def heads(self, h: torch.Tensor):
