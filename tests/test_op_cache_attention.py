@@ -465,3 +465,48 @@ def test_cuda_tf32_graph_follows_start():
         poison_cuda_cache()
         graph.replay()
         check(out.cpu(), q, k, v, valid, torch.tensor([st]), tol=1e-2)
+
+
+NONFINITE_CASES = [  # B, H, KVH, n, L, d, tf32: every kernel -- 16-query tiles (decode steps, one query), 32-query
+    # and 64-query fp32 tiles, the TF32 tile, several splits and one, d = 64, the generic kernel (d = 48, 7)
+    (2, 6, 6, 10, 4096, 32, False),
+    (4, 6, 6, 1, 2048, 32, False),
+    (3, 6, 6, 17, 256, 64, False),
+    (44, 6, 6, 65, 1024, 32, False),
+    (64, 6, 6, 206, 256, 32, False),
+    (4, 6, 6, 206, 2048, 32, True),
+    (2, 6, 3, 10, 1024, 48, False),
+    (2, 3, 3, 10, 200, 7, False),
+]
+
+
+@pytest.mark.cuda
+@cuda
+@needs_ext
+@pytest.mark.parametrize("case", NONFINITE_CASES, ids=lambda c: "B{}H{}KVH{}n{}L{}d{}{}".format(*c[:6], "tf32" * c[6]))
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_cuda_masked_nonfinite_values_are_absent(case, value):
+    """A NaN or Inf in the value (or key) of a masked key -- key_valid False below the queries, or a slot past
+    a query's own -- reaches no output that does not see it, as on the CPU (masked keys are absent, not
+    weighted by 0); a query that sees it gets it."""
+    B, H, KVH, n, L, d, tf32 = case
+    q, k, v, valid = make_inputs(31, B, H, KVH, n, L, d)
+    st = L // 2
+    start = torch.tensor([st])
+    valid[:, : st] &= torch.arange(st) % 3 != 0  # every third key below the queries masked
+    masked = (~valid[:, : st]).nonzero()
+    for b, j in masked[::5].tolist():  # a fifth of them poisoned, in v and k
+        v[b, :, j, j % d] = value
+        k[b, :, j, (j + 1) % d] = value
+    # the last query's own slot, valid: seen by that query only (the others are before it)
+    valid[:, st + n - 1] = True
+    v[:, :, st + n - 1, 0] = value
+    args = [t.cuda() for t in (q, k, v, valid, start)]
+    poison_cuda_cache()
+    out = op(*args, tf32).cpu()
+    cpu = op(q, k, v, valid, start)
+    assert torch.equal(out.isnan(), cpu.isnan()) and torch.equal(out.isinf(), cpu.isinf())
+    assert torch.isfinite(cpu[:, :, : n - 1]).all()  # the poison reaches only the last query
+    assert not torch.isfinite(cpu[:, :, n - 1, 0]).any()
+    tol = 1e-3 if tf32 else 1e-5  # tiles holding a non-finite value run in fp32; any other in TF32
+    torch.testing.assert_close(out, cpu, rtol=100 * tol, atol=tol, equal_nan=True)

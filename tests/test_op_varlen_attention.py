@@ -544,3 +544,36 @@ def test_torch_varlen_kwargs_follow_the_installed_signature(monkeypatch):
     monkeypatch.setattr(mod, "_torch_varlen", lambda: new)
     kw = mod._torch_varlen_kwargs(False, [3, 5], 0.1, "cpu")
     assert kw["window_size"] == (-1, -1) and kw["seqused_k"].tolist() == [3, 5] and kw["num_splits"] == 1
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, cuda])])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("d", [64, 42])  # the cp.async tensor-core kernel; the 32-bit-load one (d % 8 != 0)
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_hidden_nonfinite_values_are_absent(device, dtype, d, value):
+    """A NaN or Inf in the value of a token reaches exactly the rows that see it (causal: the token and the
+    rows after it in its video; block_causal: its frame and the later ones), on every kernel; the other rows
+    equal a run without it -- hidden keys are absent, not weighted by 0."""
+    if not _ops.HAS_EXTENSION:
+        pytest.skip("compiled extension missing")
+    if device == "cuda" and dtype != torch.float32:
+        _cuda_kernel_ready()
+    g = torch.Generator().manual_seed(d)
+    lens = [[30, 0, 70, 1], [5, 200, 3]]
+    cs, cf, owner = layout(lens)
+    q, k, v = qkv(g, len(owner), 2, d, dtype)
+    j = 60  # video 0, frame 2 (tokens 30..99)
+    bad = v.clone()
+    bad[j, 1, 3] = value
+    for mode in ("causal", "block_causal", "frame_independent"):
+        args = [t.to(device) for t in (cs, cf)] + [mode, d ** -0.5, 0]
+        clean = op(q.to(device), k.to(device), v.to(device), *args).cpu()
+        out = op(q.to(device), k.to(device), bad.to(device), *args).cpu()
+        sees = torch.tensor([b == 0 and {"causal": i >= j, "block_causal": t >= 2,
+                                         "frame_independent": t == 2}[mode] for i, (b, t) in enumerate(owner)])
+        assert not torch.isfinite(out[sees, 1, 3]).any(), mode
+        rest = torch.ones_like(out, dtype=torch.bool)
+        rest[sees, 1, 3] = False
+        assert torch.isfinite(out[rest]).all(), mode
+        atol, rtol = ELEMENT_TOL.get(dtype, (1e-5, 1e-5))
+        torch.testing.assert_close(out[rest], clean[rest], atol=atol, rtol=rtol)

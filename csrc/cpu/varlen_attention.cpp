@@ -165,6 +165,16 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
         }
       }
       const at::Tensor probs = at::softmax(scores, -1);
+      if (causal && !vals.isfinite().all().item<bool>()) {
+        // hidden keys are absent, not weighted by 0 (0 * NaN): a non-finite value reaches only the rows that
+        // see it, each row's product over its visible keys alone
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t vis = std::max(blk.a + r + 1, pend) - lo;
+          out.narrow(0, blk.a + r, 1).copy_(
+              at::bmm(probs.narrow(1, r, 1).narrow(2, 0, vis), vals.narrow(1, 0, vis)).transpose(0, 1));
+        }
+        continue;
+      }
       out.narrow(0, blk.a, n).copy_(at::bmm(probs, vals).transpose(0, 1));
     }
   });

@@ -22,7 +22,8 @@
 //
 // Exactness: fp32 throughout, scores are (q . k) * (1/sqrt(d)) with fp32 FMAs, exp is the precise expf.
 // A query with no key to attend (its slot outside the cache and no valid key below it) gets 0/0 = NaN,
-// like a softmax whose every score is -inf.
+// like a softmax whose every score is -inf. Masked keys are absent: a NaN or Inf in a masked key's value
+// never reaches an output (exact_tile_rows in cache_attention_tile.cuh).
 #include <algorithm>
 #include <cmath>
 
@@ -117,14 +118,18 @@ __global__ void __launch_bounds__(kThreads) attn_generic_kernel(Params p) {
   mx = block_reduce<kThreads / 32>(mx, red, true);
   float sum = 0.f;
   for (int jl = tid; jl < nkeys; jl += kThreads) {
+    const int64_t j = kbeg + jl;
     const float e = mx == kNegInf ? 0.f : expf(sc[jl] - mx);
-    sc[jl] = e;
+    sc[jl] = (vrow[jl] || j == si) ? e : -1.f;  // -1: a masked key, absent (its value is never read)
     sum += e;
   }
   sum = block_reduce<kThreads / 32>(sum, red, false);  // its barriers also publish sc
   for (int c = tid; c < d; c += kThreads) {
     float acc = 0.f;
-    for (int jl = 0; jl < nkeys; ++jl) acc = fmaf(sc[jl], vb[static_cast<int64_t>(jl) * d + c], acc);
+    for (int jl = 0; jl < nkeys; ++jl) {
+      const float e = sc[jl];
+      if (e >= 0.f) acc = fmaf(e, vb[static_cast<int64_t>(jl) * d + c], acc);
+    }
     if (p.num_splits == 1) {
       p.out[row * d + c] = acc / sum;
     } else {

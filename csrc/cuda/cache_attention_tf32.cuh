@@ -95,11 +95,13 @@ __device__ inline void attn_tile_tf32(const Params& p, int bh, int q_tile, int s
     for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
   uint32_t qa[4][4];  // q as A fragments, one per 8 columns of d
 
+  bool nonfinite = false;
   for (int c = 0; c < r.nchunks; ++c) {
     const int stage = c & 1;
     cp_async_wait<0>();  // chunk c: the only copies in flight
     __syncthreads();     // chunk c visible to all, and every thread done with chunk c-1, whose stage is refilled now
     if (c + 1 < r.nchunks) load_chunk(c + 1, stage ^ 1);  // lands while chunk c is computed
+    nonfinite = nonfinite || chunk_nonfinite<D, VS>(Vs + stage * kChunk * VS);  // see exact_tile_rows
     if (!busy) continue;
     if (c == 0) {
       const float* qr = Qs + (16 * warp + g) * QS + t;
@@ -187,6 +189,7 @@ __device__ inline void attn_tile_tf32(const Params& p, int bh, int q_tile, int s
       for (int n = 0; n < 4; ++n) mma_tf32(o[n], pa, to_tf32(vr[8 * n]), to_tf32(vr[4 * VS + 8 * n]));
     }
   }
+  if (__syncthreads_or(nonfinite)) return exact_tile_rows<D>(p, r, bh, split_id);  // fp32, as the reference
   if (!busy) return;
 
   // Rows g and g+8, columns 8n + 2t, 8n + 2t + 1: normalised when one split covers the cache (a row with no

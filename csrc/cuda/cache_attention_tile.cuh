@@ -225,6 +225,88 @@ __device__ __forceinline__ TileRange tile_range(const Params& p, int bh, int q_t
   return r;
 }
 
+// Masked keys are absent, not weighted by 0: 0 * NaN (or Inf) in a masked key's value would poison the
+// output. The tiles multiply whole chunks of values by probabilities that are 0 for masked keys, so each
+// block checks the values it stages (one pass over shared memory per chunk, a few % of the p @ v loads) and,
+// when any is not finite -- never on data that went through the entry points' checks -- recomputes its queries
+// with exact_tile_rows, which reads only the keys each query sees.
+template <int D, int LD>
+__device__ __forceinline__ bool chunk_nonfinite(const float* vs) {
+  static_assert(kChunk * D / 4 % kThreads == 0, "whole float4s per thread");
+  float z = 0.f;  // x * 0 is 0 for finite x, NaN for NaN and +-Inf
+#pragma unroll
+  for (int u = 0; u < kChunk * D / 4 / kThreads; ++u) {
+    const int e = static_cast<int>(threadIdx.x) + u * kThreads, r = e / (D / 4), c4 = (e % (D / 4)) * 4;
+    const float4 v = *reinterpret_cast<const float4*>(vs + r * LD + c4);
+    z = fmaf(v.x, 0.f, z), z = fmaf(v.y, 0.f, z), z = fmaf(v.z, 0.f, z), z = fmaf(v.w, 0.f, z);
+  }
+  return z != z;
+}
+
+// The block's queries q0 .. q0+nq-1 over the split's keys, one warp per query, reading only visible keys: the
+// max, then exp / sum / p @ v with the keys taken 32 at a time (lane l scores key base + l, the warp then
+// adds the visible ones in ascending order). Writes what store_rows writes. Called by every thread; not inlined,
+// so that the tiles' register allocation is the same as without it.
+template <int D>
+__device__ __noinline__ void exact_tile_rows(const Params& p, const TileRange& r, int bh, int split_id) {
+  constexpr int CPL = D / 32;  // columns per lane
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const float* kb = r.kbase;
+  const float* vb = r.vbase;
+  const bool* vrow = p.valid + static_cast<int64_t>(r.b) * p.L + r.kbeg;
+  for (int qi = warp; qi < r.nq; qi += kThreads / 32) {
+    const int i = r.q0 + qi;
+    const int64_t row = static_cast<int64_t>(bh) * p.n + i;
+    const int64_t si = r.s0 + i;
+    float q[D];
+#pragma unroll
+    for (int c = 0; c < D; ++c) q[c] = p.q[row * D + c];
+    auto score = [&](int jl, bool& vis) {  // key jl of the split, -inf when this query does not see it
+      const int64_t j = r.kbeg + jl;
+      vis = jl < r.nkeys && j <= si && (vrow[jl] || j == si);
+      if (!vis) return kNegInf;
+      const float* kr = kb + static_cast<int64_t>(jl) * D;
+      float dot = 0.f;
+#pragma unroll
+      for (int c = 0; c < D; ++c) dot = fmaf(q[c], kr[c], dot);
+      return dot * p.scale;
+    };
+    float mx = kNegInf;
+    for (int jl = lane; jl < r.nkeys; jl += 32) {
+      bool vis;
+      mx = fmaxf(mx, score(jl, vis));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    float sum = 0.f, acc[CPL];
+#pragma unroll
+    for (int e = 0; e < CPL; ++e) acc[e] = 0.f;
+    for (int base = 0; base < r.nkeys; base += 32) {
+      bool vis;
+      const float s = score(base + lane, vis);
+      const float w = mx == kNegInf ? 0.f : expf(s - mx);
+      const unsigned visible = __ballot_sync(0xffffffffu, vis);
+      sum += w;
+      for (int jj = 0; jj < 32; ++jj) {
+        const float wj = __shfl_sync(0xffffffffu, w, jj);
+        if (!(visible >> jj & 1u)) continue;  // warp-uniform
+        const float* vr = vb + static_cast<int64_t>(base + jj) * D;
+#pragma unroll
+        for (int e = 0; e < CPL; ++e) acc[e] = fmaf(wj, vr[lane + 32 * e], acc[e]);
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const bool whole = p.num_splits == 1;
+    float* dst = whole ? p.out + row * D : p.ws_acc + (row * p.num_splits + split_id) * D;
+#pragma unroll
+    for (int e = 0; e < CPL; ++e) dst[lane + 32 * e] = whole ? acc[e] / sum : acc[e];  // no key: 0/0 = NaN
+    if (!whole && lane == 0) {
+      *reinterpret_cast<float2*>(p.ws_ml + (row * p.num_splits + split_id) * 2) = make_float2(mx, sum);
+    }
+  }
+}
+
 template <int D, int QT>
 struct TiledLayout {
   static constexpr int TQ = QT / 8;       // query rows per thread (8 row groups)
@@ -294,6 +376,7 @@ __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_
     for (int c = 0; c < CW; ++c) o[a][c] = 0.f;
   }
 
+  bool nonfinite = false;
   for (int c = 0; c < nchunks; ++c) {
     const int stage = c & 1;
     if (c + 1 < nchunks) {
@@ -305,6 +388,7 @@ __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_
     __syncthreads();
     const float* Kst = Ks + stage * kChunk * KS;
     const float* Vst = Vs + stage * kChunk * D;
+    nonfinite = nonfinite || chunk_nonfinite<D, D>(Vst);
 
     if (busy) {
       // scores s[a][m] = q[row a] . k[key m]
@@ -342,6 +426,7 @@ __device__ inline void attn_tile(const Params& p, int bh, int q_tile, int split_
     __syncthreads();  // this stage and Ps are free for the next chunk's load
   }
 
+  if (__syncthreads_or(nonfinite)) return exact_tile_rows<D>(p, r, bh, split_id);
   store_rows<D>(p, bh, q0 + qg * TQ, kg * CW, kg == 0, split_id, o, m_run, l_run);
 }
 

@@ -97,6 +97,7 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
   }
 
   // Per chunk c, on entry: q and the keys of c visible, the values of c in flight.
+  bool nonfinite = false;
   for (int c = 0; c < nchunks; ++c) {
     if (busy) {
       // scores s[a][m] = q[row a] . k[key kl + 8m]
@@ -122,6 +123,7 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
     cp_async_wait<0>();  // the values of c
     __syncthreads();     // p and the values visible; the keys' buffer free
     if (c + 1 < nchunks) load_rows(KLd{}, Ks, kbase, c + 1);
+    nonfinite = nonfinite || chunk_nonfinite<D, D>(Vs);  // masked keys' values: see exact_tile_rows
 
     if (busy) {
       // o[rows][cols] += P[rows][k] * V[k][cols] over the whole chunk (past the last key: 0 * 0)
@@ -147,6 +149,7 @@ __device__ inline void attn_tile_wide(const Params& p, int bh, int q_tile, int s
     if (c + 1 < nchunks) load_rows(VLd{}, Vs, vbase, c + 1);
   }
 
+  if (__syncthreads_or(nonfinite)) return exact_tile_rows<D>(p, r, bh, split_id);
   store_rows<D>(p, bh, q0 + rg * TQ, kl * CW, kl == 0, split_id, o, m_run, l_run);
 }
 

@@ -18,6 +18,7 @@
 // - varlen_attention_mma_ldg (other even head dims, 4-byte aligned rows): 32-bit loads into K row-major
 //   and V transposed tiles, no overlap of loads and compute.
 // Everything else (fp32, odd or large head dims, GPUs before sm_80): a warp per query row in fp32.
+// Keys a row may not see are absent: a NaN or Inf in their values never reaches it (pair_nonfinite).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -111,12 +112,10 @@ __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { re
 constexpr int kGenericWarps = 8;
 constexpr int kMaxDimPerLane = 8;  // head_dim <= 256
 
+// Query row `row` of head h by one warp in fp32, visiting only the keys the row sees. Also the tensor-core
+// kernels' exact fallback (see pair_nonfinite).
 template <typename T>
-__global__ void __launch_bounds__(kGenericWarps * 32) varlen_attention_generic(Params p) {
-  const int lane = threadIdx.x & 31;
-  const int row = blockIdx.x * kGenericWarps + (threadIdx.x >> 5);
-  const int h = blockIdx.y;
-  if (row >= p.total) return;
+__device__ void generic_row(const Params& p, int row, int h, int lane) {
   const RowRange r = row_range(p, row);
   const T* q = static_cast<const T*>(p.q);
   const T* k = static_cast<const T*>(p.k);
@@ -163,6 +162,13 @@ __global__ void __launch_bounds__(kGenericWarps * 32) varlen_attention_generic(P
     const int dim = lane + 32 * c;
     if (dim < p.d) out[row * stride + h * p.d + dim] = from_float<T>(acc[c] * inv);
   }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kGenericWarps * 32) varlen_attention_generic(Params p) {
+  const int row = blockIdx.x * kGenericWarps + (threadIdx.x >> 5);
+  if (row >= p.total) return;
+  generic_row<T>(p, row, blockIdx.y, threadIdx.x & 31);
 }
 
 // ---------------------------------------------------------------------- tensor cores: fp16 / bf16, d <= 128
@@ -215,6 +221,24 @@ __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
 }
 
 __device__ __forceinline__ uint32_t lds32(const void* p) { return *static_cast<const uint32_t*>(p); }
+
+// Keys a row may not see are absent, not weighted by 0: P.V multiplies whole tiles of values by probabilities
+// that are 0 for masked keys, and 0 * NaN (or Inf) would poison the row. So the tensor-core kernels check every
+// value they stage (two halves per 32-bit word: exponent bits all set) and a block that met a non-finite one
+// recomputes its rows with generic_row, which reads only visible keys -- never on finite data.
+template <typename T>
+__device__ __forceinline__ bool pair_nonfinite(uint32_t w) {
+  constexpr uint32_t e = std::is_same_v<T, __half> ? 0x7c00u : 0x7f80u;
+  return (w & e) == e || ((w >> 16) & e) == e;
+}
+
+// Rows [row0, row_end) of head h (at most a tile) by generic_row, a warp per row.
+template <typename T>
+__device__ void exact_rows(const Params& p, int row0, int row_end, int h) {
+  for (int row = row0 + static_cast<int>(threadIdx.x >> 5); row < min(row_end, row0 + kRows); row += kWarps) {
+    generic_row<T>(p, row, h, threadIdx.x & 31);
+  }
+}
 
 // 2^x in one MUFU instruction (exp2f adds a subnormal fix-up); 2^-inf = +0.
 __device__ __forceinline__ float fast_exp2(float x) {
@@ -542,12 +566,19 @@ __global__ void __launch_bounds__(kMmaThreads, DP <= 80 ? 3 : 2) varlen_attentio
   for (int dt = 0; dt < DP / 8; ++dt) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.f;
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
+  bool nonfinite = false;
   for (int t = 0; t < n_tiles; ++t) {
     // stage (t + 1) & 1 was last read in iteration t - 1, which ended with a barrier
     if (t + 1 < n_tiles) load_kv(t + 1);
     cp_async_commit();   // possibly empty: keeps "all but the newest group" == tile t
     cp_async_wait<1>();
     __syncthreads();     // tile t visible to every thread
+    {
+      const uint32_t* vw = reinterpret_cast<const uint32_t*>(smem + (t & 1) * 2 * kTileBytes + kTileBytes);
+      for (int i = threadIdx.x; i < kKeys * DP / 2; i += kMmaThreads) {  // the DP columns (the skew is never written)
+        nonfinite = nonfinite || pair_nonfinite<T>(vw[i / (DP / 2) * (kRS / 2) + i % (DP / 2)]);
+      }
+    }
 
     const int kb = tile_begin(t), seg_hi = tile_limit(t);
     const int kend = min(kb + kKeys, seg_hi);
@@ -594,6 +625,7 @@ __global__ void __launch_bounds__(kMmaThreads, DP <= 80 ? 3 : 2) varlen_attentio
     __syncthreads();  // every warp is done with stage t & 1: iteration t + 1 refills it
   }
 
+  if (__syncthreads_or(nonfinite)) return exact_rows<T>(p, row0, row_end, h);
   store_rows<T, DP>(p, o, l, row0 + warp * 16 + g, row_end, tig, hoff);
 }
 
@@ -673,6 +705,7 @@ __global__ void __launch_bounds__(kMmaThreads) varlen_attention_mma_ldg(Params p
     seg_begin[0] = seg_end[0] = 0;
   }
 
+  bool nonfinite = false;
   for (int seg = 0; seg < 2; ++seg) {
     // a key tile may run past its segment's end into the other segment: count only this segment's keys,
     // so a key is never visited twice
@@ -685,6 +718,7 @@ __global__ void __launch_bounds__(kMmaThreads) varlen_attention_mma_ldg(Params p
         const int j = kb + key;
         uint32_t val = 0;
         if (j < p.total && c < p.d) val = __ldg(reinterpret_cast<const unsigned int*>(v + (int64_t)j * stride + hoff + c));
+        nonfinite = nonfinite || pair_nonfinite<T>(val);
         const T* pair = reinterpret_cast<const T*>(&val);
         vt_tile[c * VS + key] = pair[0];
         vt_tile[(c + 1) * VS + key] = pair[1];
@@ -718,6 +752,7 @@ __global__ void __launch_bounds__(kMmaThreads) varlen_attention_mma_ldg(Params p
     }
   }
 
+  if (__syncthreads_or(nonfinite)) return exact_rows<T>(p, row0, p.total, h);
   store_rows<T, DP>(p, o, l, row0 + warp * 16 + g, p.total, tig, hoff);
 }
 
