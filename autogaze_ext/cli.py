@@ -479,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  autogaze-ext demo\n  autogaze-ext run VIDEO --out overlay.mp4 --json stats.json\n"
                "  autogaze-ext run VIDEO --checkpoint nvidia/AutoGaze --device cuda\n"
                "  autogaze-ext encode VIDEO_OR_DIR... --out DIR\n"
+               "  autogaze-ext label VIDEO_OR_DIR... --out labels.json\n"
+               "  autogaze-ext train --videos DIR --labels labels.json --out CKPT\n"
                "'autogaze-ext COMMAND --help' lists a command's options.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=_version())
@@ -507,6 +509,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .pipeline.cli import add_parser as add_encode_parser
 
     add_encode_parser(sub)
+    from .training.cli import add_label_parser, add_train_parser
+
+    add_label_parser(sub)
+    add_train_parser(sub)
     return p
 
 
@@ -522,6 +528,10 @@ def main(argv: list[str] | None = None) -> int:
             from .pipeline.cli import run as run_encode
 
             return run_encode(args)
+        if args.command in ("label", "train"):
+            from .training.cli import run_label, run_train
+
+            return run_label(args) if args.command == "label" else run_train(args)
         check_args(args)
         vi = None
         if args.command == "run":
