@@ -283,6 +283,9 @@ def write_labels(path: str, labels: dict, fsync: bool = True) -> None:
     path = os.path.abspath(os.fspath(path))
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".labels-", suffix=".json.tmp")
     try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(labels, f, separators=(",", ":"))
             f.write("\n")
