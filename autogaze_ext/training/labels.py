@@ -125,7 +125,8 @@ def slot_errors(video: torch.Tensor, gazing_pos: torch.Tensor, if_padded_gazing:
 @torch.no_grad()
 def frame_errors(video: torch.Tensor, gazing_mask: Sequence[torch.Tensor], scales: Sequence[int] = SCALES) -> torch.Tensor:
     """(B, T) the painter's error of each frame once all its gazed tokens are painted (the greedy gazer's
-    stop criterion), from a gaze's per-scale masks; the rewards of GRPO training."""
+    stop criterion), from a gaze's per-scale masks; the rewards of GRPO training. video (B, T, 3, H, W)
+    normalised, resized to 224 x 224 when it is not."""
     from ..reconstruct import reconstruct_tiles
 
     class _Masks:  # reconstruct_tiles reads only .gazing_mask
@@ -134,6 +135,10 @@ def frame_errors(video: torch.Tensor, gazing_mask: Sequence[torch.Tensor], scale
     m = _Masks()
     m.gazing_mask = [g.to(video.device) for g in gazing_mask]
     x = video.float()
+    if x.shape[-2:] != (SIZE, SIZE):  # the frames the gaze was made on (the model resizes likewise)
+        B, T = x.shape[:2]
+        x = F.interpolate(x.flatten(0, 1), size=(SIZE, SIZE), mode="bicubic", align_corners=False)
+        x = x.view(B, T, 3, SIZE, SIZE)
     recon = reconstruct_tiles(x, m, list(scales))
     return (recon - x).abs().mean(dim=(2, 3, 4))
 

@@ -79,10 +79,6 @@ class TrainConfig:
 
         if self.algo not in ("ntp", "grpo"):
             bad("--algo", "'ntp' or 'grpo'", self.algo)
-        if self.algo == "ntp" and not self.labels:
-            raise ValueError("--labels: NTP training needs a label file (autogaze-ext label VIDEOS --out labels.json)")
-        if not self.videos:
-            raise ValueError("--videos: give the folder (or files) of the training videos")
         for opt, v, lo in (("--steps", self.steps, 1), ("--batch-size", self.batch_size, 1),
                            ("--workers", self.workers, 0), ("--save-every", self.save_every, 1),
                            ("--log-every", self.log_every, 1), ("--clip-len", self.clip_len, 1),
@@ -290,6 +286,10 @@ class Trainer:
         from .data import LabelledClips
         from .labels import match_videos, read_labels
 
+        if self.cfg.algo == "ntp" and not self.cfg.labels:
+            raise ValueError("--labels: NTP training needs a label file (autogaze-ext label VIDEOS --out labels.json)")
+        if not self.cfg.videos:
+            raise ValueError("--videos: give the folder (or files) of the training videos")
         videos = find_videos(list(self.cfg.videos))
         if self.cfg.labels:
             labels = read_labels(self.cfg.labels, clip_len=self.cfg.clip_len)
