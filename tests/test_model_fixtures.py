@@ -47,8 +47,10 @@ def test_official_call_style(official, official_model):
     assert torch.equal(out["gazing_pos"], fx["case3/gazing_pos"])
     assert torch.equal(out["if_padded_gazing"], fx["case3/if_padded_gazing"].bool())
     assert out["has_task_loss_requirement"] and out["scales"] == [32, 64, 112, 224]
-    with pytest.raises(NotImplementedError, match="generate_only=True"):
-        official_model({"video": video}, gazing_ratio=0.1)
+    # the official default generate_only=False adds the teacher-forced scores of the gaze (tests/test_training_parity.py)
+    with torch.no_grad():
+        scored = official_model({"video": video[:, :2]}, gazing_ratio=0.1)
+    assert scored["log_action_probs"].shape == scored["task_loss_prediction"].shape == scored["gazing_pos"].shape
 
 
 def test_official_style_streaming(official, official_model):
