@@ -52,8 +52,8 @@ def ours(model_dir: str, precision: str, device):
     import tempfile
 
     cfg = TrainConfig(videos=["(bench)"], out=tempfile.mkdtemp(prefix="bench_train_"),
-                      init=model_dir, steps=1 << 20, warmup_steps=0, batch_size=1, device=str(device), precision=precision, quiet=True,
-                      workers=0)
+                      init=model_dir, steps=1 << 20, warmup_steps=0, batch_size=1, device=str(device),
+                      precision=precision, quiet=True, workers=0)
     tr = Trainer(cfg, dataset=_Empty())
     return lambda batch: tr.step_on(batch)
 

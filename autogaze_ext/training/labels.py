@@ -123,7 +123,8 @@ def slot_errors(video: torch.Tensor, gazing_pos: torch.Tensor, if_padded_gazing:
 
 
 @torch.no_grad()
-def frame_errors(video: torch.Tensor, gazing_mask: Sequence[torch.Tensor], scales: Sequence[int] = SCALES) -> torch.Tensor:
+def frame_errors(video: torch.Tensor, gazing_mask: Sequence[torch.Tensor],
+                 scales: Sequence[int] = SCALES) -> torch.Tensor:
     """(B, T) the painter's error of each frame once all its gazed tokens are painted (the greedy gazer's
     stop criterion), from a gaze's per-scale masks; the rewards of GRPO training. video (B, T, 3, H, W)
     normalised, resized to 224 x 224 when it is not."""
