@@ -544,7 +544,7 @@ class AutoGaze(nn.Module):
     # --- teacher-forced scoring (training) --------------------------------------------------------
     def score(self, video: torch.Tensor, gazing_info, *, precision: str = "bf16", check: bool = True
               ) -> TeacherForcedScores:
-        """Teacher-forced scores of given gaze sequences: the training forward (spec §7.1, ``autogaze_ext.model.scoring``).
+        """Teacher-forced scores of given gaze sequences: the training forward (spec §7.1, ``model/scoring.py``).
 
         video: (B, T, 3, H, W) float, normalised by :class:`AutoGazeImageProcessor` (resized to 224 inside).
         gazing_info: ``autogaze_ext.training.collate_gazing_info(labels, ...)`` or a :class:`GazeOutput` (e.g.

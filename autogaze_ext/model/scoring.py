@@ -65,7 +65,7 @@ def gazing_tensors(info, B: int, T: int, V: int, device, check: bool = True):
         raise ValueError(f"gazing_info['gazing_pos']: has {gpos.shape[0]} rows, the video batch has {B}")
     gpos, padded = gpos.to(device, torch.long), padded.to(device)
     if check and gpos.numel():
-        frame = torch.repeat_interleave(torch.arange(T, device=device), torch.tensor(counts, device=device))
+        frame = _frame_of_slot(counts).to(device, non_blocking=True)
         local = gpos - V * frame
         bad = ~padded & ((local < 0) | (local >= V))
         if bool(bad.any()):
@@ -74,6 +74,11 @@ def gazing_tensors(info, B: int, T: int, V: int, device, check: bool = True):
             raise ValueError(f"gazing_info['gazing_pos']: video {b}, frame {t} holds id {int(gpos[b, n])} (slot {n}) "
                              f"outside [{V * t}, {V * (t + 1)}): ids are video-global (local id + {V} * frame)")
     return gpos, padded, counts
+
+
+def _frame_of_slot(counts: list[int]) -> torch.Tensor:
+    """(N,) frame index of every slot, on the CPU."""
+    return torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts, dtype=torch.long))
 
 
 def precision_context(precision: str, device: torch.device):
@@ -99,43 +104,41 @@ def teacher_forced_scores(gazing_model, video: torch.Tensor, gpos: torch.Tensor,
     B, T = video.shape[:2]
     dev = video.device
     N = gpos.shape[1]
-    counts_t = torch.tensor(counts, device=dev)
-    frame = torch.repeat_interleave(torch.arange(T, device=dev), counts_t)  # (N,) frame of each slot
-    tok = torch.where(padded, torch.full_like(gpos, eos), gpos - V * frame)
+    # the slot layout, shared by every row, built on the CPU (no device syncs) then moved once
+    frame = _frame_of_slot(counts)
+    counts_t = torch.tensor(counts, dtype=torch.long)
+    start = torch.cumsum(counts_t, 0) - counts_t  # first slot of each frame
+    j = torch.arange(N) - start[frame]  # slot index within its frame
+    k = j % K  # the head that predicts it
+    nv = gazing_model.connector.pos_embed.shape[0]  # vision tokens per frame (196)
+    seq = j + (frame + 1) * nv + start[frame]  # sequence index of the slot
+    src = seq - (k + 1)  # the token it is predicted from
+    heads = [(h, (k == h).nonzero().squeeze(1)) for h in range(K)]
+    heads = [(h, sel.to(dev, non_blocking=True), src[sel].to(dev, non_blocking=True)) for h, sel in heads if len(sel)]
+    tl_pos = torch.where(k == K - 1, seq, src).to(dev, non_blocking=True)
+    tl_head = ((k + 1) % K).to(dev, non_blocking=True)
+    order = torch.argsort(torch.cat([sel for _, sel, _ in heads])).to(dev) if heads else None
+    tok = torch.where(padded, torch.full_like(gpos, eos), gpos - V * frame.to(dev, non_blocking=True))
 
     with precision_context(precision, dev):
-        vision, _ = gazing_model.embed_video(video)  # (B, T, n, D), resized to the model size
-        nv = vision.shape[2]
+        vision, _ = gazing_model.embed_video(video)  # (B, T, nv, D), resized to the model size
         gaze = dec.model.embed_tokens(tok)
         key_gaze = tok != eos
         pieces, masks = [], []
-        for t, g in enumerate(zip(gaze.split(counts, dim=1), key_gaze.split(counts, dim=1))):
-            pieces += [vision[:, t], g[0]]
-            masks += [torch.ones(B, nv, dtype=torch.bool, device=dev), g[1]]
+        for t, (g, m) in enumerate(zip(gaze.split(counts, dim=1), key_gaze.split(counts, dim=1))):
+            pieces += [vision[:, t], g]
+            masks += [torch.ones(B, nv, dtype=torch.bool, device=dev), m]
         x = torch.cat(pieces, dim=1)
         key_mask = torch.cat(masks, dim=1)
         positions = key_mask.long().cumsum(-1) - 1  # padded tokens repeat the previous position
         h = dec(x, positions, key_mask, sdpa=True)  # (B, L, D)
 
-        # sequence index of every slot, its head k = j % K and its source (k + 1 tokens earlier)
-        start = torch.cumsum(counts_t, 0) - counts_t  # first slot of each frame
-        j = torch.arange(N, device=dev) - start[frame]
-        seq = j + (frame + 1) * nv + start[frame]
-        k = j % K
-        src = seq - (k + 1)
-        W = dec.lm_head.weight.view(K, vocab, -1)
-        order, probs = [], []
-        for head in range(K):
-            sel = (k == head).nonzero().squeeze(1)
-            if not sel.numel():
-                continue
-            logits = F.linear(h[:, src[sel]], W[head])  # (B, n_k, vocab)
-            p = torch.softmax(logits, dim=-1)  # float32 under autocast too
+        W = dec.lm_head.weight.view(K, vocab, -1)  # head k: rows [266 k, 266 (k + 1)) of lm_head
+        probs = []
+        for head, sel, sel_src in heads:
+            p = torch.softmax(F.linear(h[:, sel_src], W[head]), dim=-1)  # (B, n_k, 266), float32 under autocast too
             probs.append(p.gather(-1, tok[:, sel, None]).squeeze(-1))
-            order.append(sel)
-        gaze_probs = torch.cat(probs, dim=1)[:, torch.argsort(torch.cat(order))] if probs else h.new_zeros(B, 0)
-        tl_pos = torch.where(k == K - 1, seq, src)
-        tl_head = (k + 1) % K
+        gaze_probs = torch.cat(probs, dim=1)[:, order] if heads else h.new_zeros(B, 0)
         tl = dec.task_loss_prediction_head(h[:, tl_pos])  # (B, N, K)
         tlp = tl.gather(-1, tl_head[None, :, None].expand(B, N, 1)).squeeze(-1)
     gaze_probs = gaze_probs.float()

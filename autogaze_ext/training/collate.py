@@ -47,7 +47,8 @@ def collate_gazing_info(labels: Sequence, task_losses: Sequence | None = None, *
     """Collate per-video per-frame gaze label lists into the tensors teacher-forced scoring takes.
 
     labels: ``labels[b][t]`` = the video-global ids gazed in frame ``t`` of video ``b``, in gaze order
-        (ints with ``265 t <= id < 265 (t + 1)``, no duplicates within a frame; a frame may be empty). Every video must have the same number of frames.
+        (ints with ``265 t <= id < 265 (t + 1)``, no duplicates within a frame; a frame may be empty). Every
+        video must have the same number of frames.
     task_losses: optional ``task_losses[b][t]`` = the task loss after each gaze of that frame, one value per
         label (slot ``j`` holds the loss once labels ``0..j`` are gazed); a frame without labels holds exactly
         one value (the loss with nothing gazed). It is what the task-loss head learns (NTP with
@@ -113,10 +114,10 @@ def collate_gazing_info(labels: Sequence, task_losses: Sequence | None = None, *
                 f = _frame_list("task_losses", b, t, f)
                 want = max(len(frames[b][t]), 1)
                 if len(f) != want:
+                    hint = " (a frame without labels holds exactly one value, the loss with nothing gazed)"
                     raise ValueError(
                         f"task_losses[{b}][{t}] (video {b}, frame {t}): has {len(f)} values for {len(frames[b][t])} "
-                        f"labels; expected one per label" + (" (a frame without labels holds exactly one value, "
-                                                              "the loss with nothing gazed)" if not frames[b][t] else ""))
+                        f"labels; expected one per label" + ("" if frames[b][t] else hint))
                 for j, x in enumerate(f):
                     if not _is_real(x) or not math.isfinite(float(x)):
                         raise ValueError(f"task_losses[{b}][{t}][{j}] (video {b}, frame {t}): expected a finite "

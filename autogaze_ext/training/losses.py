@@ -65,7 +65,8 @@ def _task_loss_prediction_loss(log_action_probs, loss_mask, task_loss_prediction
         return zeros if task_loss_prediction is None else zeros * task_loss_prediction.mean()
     if task_loss_prediction is None or task_losses is None:
         raise ValueError("optimize_task_loss_prediction=True needs task_loss_prediction (from the model's scores) and "
-                         "task_losses (the labels' task losses, collate_gazing_info(labels, task_losses)['task_losses'])")
+                         "task_losses (the labels' task losses: collate_gazing_info(labels, task_losses)"
+                         "['task_losses'])")
     task_losses = _same_shape("task_losses", task_losses, log_action_probs.shape, log_action_probs.device)
     if task_losses_mask is None:
         task_losses_mask = torch.ones_like(task_losses)  # what the official NTP trainer passes
