@@ -18,7 +18,6 @@ clips/s = batch / median step time. Card via nvidia-ml-py (benchmarks/common.py)
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
