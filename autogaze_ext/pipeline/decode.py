@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -89,17 +90,26 @@ def _av():
     return av
 
 
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+:")  # file:, http://, s3://... (two letters at least: not a drive)
+
+
+def is_uri(path) -> bool:
+    """A URI for FFmpeg's protocols (``file:``, ``http(s)://``, ...) rather than a local path."""
+    return isinstance(path, str) and bool(_URI.match(path))
+
+
 def open_video(path: str, hwaccel: str | None = None):
-    """(container, stream) of a video file, with clear errors for the usual ways a file is unusable.
-    hwaccel: an FFmpeg hardware decoder type (e.g. "cuda": NVDEC), falling back to software decoding."""
+    """(container, stream) of a video file or a URI FFmpeg opens, with clear errors for the usual ways a file
+    is unusable. hwaccel: an FFmpeg hardware decoder type (e.g. "cuda": NVDEC), falling back to software."""
     av = _av()
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"video: no such file: {path!r}")
-    if os.path.isdir(path):
-        raise ValueError(f"video: {path!r} is a folder, not a video file")
-    if os.path.getsize(path) == 0:
-        raise ValueError(f"video: {path!r} is empty (0 bytes)")
+    if not is_uri(path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"video: no such file: {path!r}")
+        if os.path.isdir(path):
+            raise ValueError(f"video: {path!r} is a folder, not a video file")
+        if os.path.getsize(path) == 0:
+            raise ValueError(f"video: {path!r} is empty (0 bytes)")
     kw = {}
     if hwaccel:
         try:
@@ -126,9 +136,10 @@ def probe(path: str) -> SourceInfo:
     container, stream = open_video(path)
     try:
         rate = stream.average_rate or stream.guessed_rate
-        return SourceInfo(os.path.abspath(path), stream.codec_context.width, stream.codec_context.height,
-                          float(rate) if rate else 0.0, stream.frames or None, stream.codec_context.name,
-                          os.path.getsize(path))
+        local = not is_uri(path)
+        return SourceInfo(os.path.abspath(path) if local else path, stream.codec_context.width,
+                          stream.codec_context.height, float(rate) if rate else 0.0, stream.frames or None,
+                          stream.codec_context.name, os.path.getsize(path) if local else None)
     finally:
         container.close()
 
