@@ -22,8 +22,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     e = sub.add_parser("encode", help="video files or folders -> gazed ViT features (one safetensors file each)",
                        description="Decode, gaze and encode videos with the gazed ViT; one feature file per video "
                                    "in --out (load with autogaze_ext.load_features).")
-    e.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR",
-                   help="video files, or folders searched recursively for " + " ".join(VIDEO_EXTENSIONS))
+    e.add_argument("inputs", nargs="*", metavar="VIDEO_OR_DIR",
+                   help="video files, or folders searched recursively for " + " ".join(VIDEO_EXTENSIONS) +
+                        ", or glob patterns ('videos/**/*.mp4'), or URIs PyAV opens")
     e.add_argument("--out", required=True, help="output folder (created if missing)")
     e.add_argument("--checkpoint", help="AutoGaze checkpoint: a local folder or a hub id (e.g. nvidia/AutoGaze); "
                                         "default: the training-free greedy gazer")
@@ -50,6 +51,21 @@ def add_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU compute threads (default: the usable CPUs, or $OMP_NUM_THREADS; README \"CPU threads\")")
     e.add_argument("--quiet", action="store_true", help="no progress bar")
+    e.add_argument("--manifest", metavar="FILE",
+                   help="videos listed in a .txt (one path or URI per line), .csv or .parquet ('path' column, "
+                        "optional 'output' column relative to --out) file, besides any VIDEO_OR_DIR")
+    r = e.add_argument_group("dataset scale (Ray Data; pip install 'autogaze_ext[ray]')")
+    r.add_argument("--ray", action="store_true",
+                   help="run on Ray Data: one encoder actor per GPU, CPU tasks checking the videos, a Parquet index")
+    r.add_argument("--address", help="Ray cluster to join (auto, ray://HOST:10001); default: start a local Ray")
+    r.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="encoder actors, one GPU each (default: every GPU of the cluster; CPU workers with "
+                        "--device cpu, default 1)")
+    r.add_argument("--cpus-per-gpu", type=float, default=None, metavar="C",
+                   help="CPUs reserved per actor, for its decoding (default: the cluster's CPUs, less one, shared)")
+    r.add_argument("--index", metavar="FILE.parquet",
+                   help="the run's index (path, status, clips, tokens, seconds, error per video; default "
+                        "OUT/index.parquet)")
     return e
 
 
@@ -140,11 +156,41 @@ def check_device(name: str | None):
     return dev
 
 
+def encoder_kwargs(args, device) -> dict:
+    """The ``Encoder`` arguments of the command line (one place, so --ray writes the same files)."""
+    import torch
+
+    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
+    return dict(gazer=args.checkpoint, vit=args.vit, device=device, revision=args.revision,
+                vit_revision=args.vit_revision, gazing_ratio=args.gazing_ratio,
+                task_loss_requirement=args.task_loss_requirement, max_error=args.max_error, precision=args.precision,
+                batch_size=args.batch_size, tile_mode=args.tile_mode, vit_dtype=dtype, features_dtype=dtype,
+                fsync=not args.no_fsync)
+
+
+def input_pairs(args) -> list[tuple[str, str]]:
+    """(video, output) pairs of VIDEO_OR_DIR... and --manifest."""
+    if not args.inputs and not args.manifest:
+        raise ValueError("inputs: give VIDEO_OR_DIR... or --manifest FILE")
+    if not args.manifest and all(os.path.exists(i) for i in args.inputs):
+        return collect_inputs(args.inputs, args.out)
+    from ..scale.manifest import expand_inputs, read_manifest
+
+    pairs = expand_inputs(args.inputs, args.out) if args.inputs else []
+    if args.manifest:
+        pairs += read_manifest(args.manifest, args.out)
+    seen: dict[str, str] = {}
+    for video, out in pairs:
+        key = os.path.abspath(out)
+        if key in seen and seen[key] != video:
+            raise ValueError(f"inputs: {seen[key]!r} and {video!r} would both write {out!r}")
+        seen[key] = video
+    return list({os.path.abspath(o): (v, o) for v, o in pairs}.values())
+
+
 # -------------------------------------------------------------------------------------------- run
 def run(args) -> int:
     import warnings
-
-    import torch
 
     from ..video import TileGeometry
     from .decode import probe
@@ -152,8 +198,15 @@ def run(args) -> int:
     from .features import is_complete
 
     check_options(args)
+    if args.ray:
+        from ..scale.cli import run_ray
+
+        return run_ray(args)
+    for opt in ("address", "gpus", "cpus_per_gpu", "index"):
+        if getattr(args, opt) is not None:
+            raise ValueError(f"--{opt.replace('_', '-')}: applies to --ray runs")
     device = check_device(args.device)
-    pairs = collect_inputs(args.inputs, args.out)
+    pairs = input_pairs(args)
     check_out_dir(args.out)
     todo, skipped = [], []
     for video, out in pairs:
@@ -162,13 +215,9 @@ def run(args) -> int:
         from ..cli import configure_cpu_threads
 
         configure_cpu_threads(args.threads)  # the command line's measured CPU policy
-    dtype = getattr(torch, DTYPES[args.dtype]) if args.dtype else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        enc = Encoder(args.checkpoint, args.vit, device=device, revision=args.revision, vit_revision=args.vit_revision,
-                      gazing_ratio=args.gazing_ratio, task_loss_requirement=args.task_loss_requirement,
-                      max_error=args.max_error, precision=args.precision, batch_size=args.batch_size,
-                      tile_mode=args.tile_mode, vit_dtype=dtype, features_dtype=dtype, fsync=not args.no_fsync)
+        enc = Encoder(**encoder_kwargs(args, device))
     for w in caught:
         print(f"note: {w.message}", file=sys.stderr)
     gz, vi = enc.gazer_info, enc.vit_info
