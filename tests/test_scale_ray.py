@@ -252,3 +252,16 @@ def test_manifests(tmp_path):
     (tmp_path / "m.json").write_text("[]")
     with pytest.raises(ValueError, match=r"\.txt, \.csv or \.parquet"):
         read_manifest(str(tmp_path / "m.json"), out)
+
+
+def test_without_ray(tmp_path):
+    """`import autogaze_ext` (and its scale package) never imports Ray; --ray without Ray names the extra."""
+    (tmp_path / "a.mp4").write_bytes(b"\0")
+    code = ("import sys, autogaze_ext, autogaze_ext.scale, autogaze_ext.cli\n"
+            "assert 'ray' not in sys.modules, 'ray was imported'\n"
+            "sys.modules['ray'] = None  # as if it were not installed\n"
+            f"sys.exit(autogaze_ext.cli.main(['encode', {str(tmp_path / 'a.mp4')!r}, '--out', "
+            f"{str(tmp_path / 'o')!r}, '--ray', '--device', 'cpu']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    assert "pip install 'autogaze_ext[ray]'" in r.stderr and "Traceback" not in r.stderr, r.stderr
