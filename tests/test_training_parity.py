@@ -319,35 +319,40 @@ def test_score_bad_gazing_info(training, model):
 # ------------------------------------------------------------------------------------------------------- CUDA
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("name", ["ntp4", "ntp6", "grpo2"])
+@pytest.mark.parametrize("name", ["ntp4", "ntp7", "grpo2"])
 def test_cuda_scoring_against_cpu_references(training, model_dir, name):
-    """The CUDA teacher-forced pass against the CPU fp32 references: precision="fp32" (TF32 off) tight,
-    the official default bf16 autocast loose; gradients reach every parameter."""
+    """The CUDA teacher-forced pass against the CPU fp32 references: precision="fp32" (TF32 off) within 1e-4 of
+    the scores and 1e-3 of the gradient norms; the official default bf16 autocast within 0.1 of the scores and
+    1e-2 of the losses (bounds set from bf16's 8-bit mantissa, not yet measured); gradients reach every parameter."""
     fx, meta = training
     case = _case(meta, name)
     video = case_video(fx, case).cuda()
+    tl = case.get("task_losses")
     if case["kind"] == "grpo":
         video = group_repeat(video, case["grpo"]["group_size"])
         info = {"gazing_pos": fx[f"{name}/gazing_pos"], "if_padded_gazing": fx[f"{name}/if_padded_gazing"].bool(),
                 "num_gazing_each_frame": fx[f"{name}/num_gazing_each_frame"]}
     else:
         labels = [[[i + V * t for i in f] for t, f in enumerate(v)] for v in case["labels_local"]]
-        info = collate_gazing_info(labels, case["task_losses"])
+        info = collate_gazing_info(labels, tl)
     m = ag.AutoGaze.from_pretrained(model_dir, device="cuda").train()
-    for precision, atol in (("fp32", 1e-4), ("bf16", 0.1)):
+    params = dict(m.named_parameters())
+    for precision, atol, rtol in (("fp32", 1e-4, 1e-5), ("bf16", 0.1, 1e-2)):
         m.zero_grad(set_to_none=True)
         s = m.score(video, info, precision=precision)  # info is moved to the GPU
-        assert s.log_action_probs.is_cuda and s.log_action_probs.dtype == torch.float32
+        assert s.log_action_probs.is_cuda and s.log_action_probs.dtype == s.task_loss_prediction.dtype == torch.float32
         for k in ("log_action_probs", "task_loss_prediction"):
             torch.testing.assert_close(getattr(s, k).cpu(), fx[f"{name}/{k}"], rtol=0, atol=atol,
                                        msg=lambda msg: f"{precision} {k}: {msg}")
-        r = ntp_loss(s.log_action_probs, info["if_padded_gazing"].cuda())
-        want = fx[f"{name}/ntp_opt0/loss"] if case["kind"] == "ntp" else None
-        if want is not None:
-            torch.testing.assert_close(r["loss"].cpu(), want, rtol=1e-5 if precision == "fp32" else 1e-2, atol=1e-5)
+        opt = tl is not None
+        extra = {"task_losses": collate_gazing_info(labels, tl)["task_losses"].cuda()} if opt else {}
+        r = ntp_loss(s.log_action_probs, info["if_padded_gazing"].cuda(), s.task_loss_prediction,
+                     optimize_task_loss_prediction=opt, **extra)
+        if case["kind"] == "ntp":  # the fixtures' backward loss: opt1 where task losses exist, else opt0
+            torch.testing.assert_close(r["loss"].cpu(), fx[f"{name}/ntp_opt{int(opt)}/loss"], rtol=rtol, atol=1e-5)
         r["loss"].mean().backward()
-        for n, p in m.named_parameters():
+        for n, p in params.items():
             assert p.grad is not None and bool(torch.isfinite(p.grad).all()), f"{precision}: {n} has no finite grad"
-        if precision == "fp32" and want is not None and case["task_losses"] is None:
-            got = torch.stack([dict(m.named_parameters())[n].grad.norm() for n in meta["param_names"]]).cpu()
+        if precision == "fp32" and case["kind"] == "ntp":
+            got = torch.stack([params[n].grad.norm() for n in meta["param_names"]]).cpu()
             torch.testing.assert_close(got, fx[f"{name}/grad_norms"], rtol=1e-3, atol=1e-6)
