@@ -277,7 +277,8 @@ def run(pairs: list[tuple[str, str]], job: VideoJob, *, index: str | None = None
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8 or 1, 1024)))
     ds = ds.map_batches(_check, fn_kwargs={"job": job, "overwrite": overwrite, "started": started},
                         batch_format="pyarrow",
-                        batch_size=8, num_cpus=1)
+                        # a request unlike any worker's keeps Ray Data from fusing the checks into the actors
+                        batch_size=8, num_cpus=0.5)
     # Ray Data's actor pools restart dead actors and retry their tasks without limit by default (max_restarts=-1,
     # max_task_retries=-1; passing them here is deprecated from Ray 2.60); the per-video attempt counter is what
     # bounds the retries of one video, and retry_exceptions comes from actor_task_retry_on_errors above.
