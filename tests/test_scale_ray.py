@@ -182,6 +182,28 @@ def test_cli_rerun_resumes(first_run, ray_cluster):
     assert json.loads((d / "s.json").read_text())["counts"] == {"ok": 1, "skipped": 2, "failed": 2}
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_ray_on_gpu_equals_single_process(videos, ray_cluster, tmp_path):
+    """One GPU actor (bf16 ViT, CUDA graphs): the same files as the single-process Encoder on that GPU."""
+    from autogaze_ext.scale import EncodeJob
+
+    if ray_cluster.cluster_resources().get("GPU", 0) < 1:
+        pytest.skip("the local Ray sees no GPU")
+    d, src, kw = videos
+    kw = {**kw, "device": "cuda"}
+    enc = Encoder(**kw)
+    for name in GOOD:
+        enc.encode(str(src / name), str(tmp_path / "ref" / (os.path.splitext(name)[0] + ".safetensors")))
+    del enc
+    pairs = [(str(src / n), str(tmp_path / "out" / (os.path.splitext(n)[0] + ".safetensors"))) for n in GOOD]
+    res = runner.run(pairs, EncodeJob(kw), workers=1, cpus_per_worker=1, gpus_per_worker=1, progress=False)
+    assert res.counts == {"ok": 3, "skipped": 0, "failed": 0}, res.failed
+    for name in GOOD:
+        stem = os.path.splitext(name)[0] + ".safetensors"
+        same_file(tmp_path / "out" / stem, tmp_path / "ref" / stem)
+
+
 # ------------------------------------------------------------------------ no Ray needed from here on
 def test_worker_attempt_limit_and_stale_staging(tmp_path):
     """A video whose worker already died max_attempts times is a failed row, not a fourth crash; a retried
