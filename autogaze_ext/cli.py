@@ -167,6 +167,7 @@ def check_args(args) -> None:
         if args.max_error is not None:
             raise ValueError("--max-error: applies to the training-free gazer; with --checkpoint use "
                              "--task-loss-requirement")
+        builtin_checkpoint(args.checkpoint, args.revision)  # fails here, before decoding, when none is shipped
     else:
         if args.task_loss_requirement is not None:
             raise ValueError("--task-loss-requirement: needs a trained model (--checkpoint); the training-free "
@@ -269,6 +270,23 @@ class _Decoded:
 
 
 # ------------------------------------------------------------------------------------------ gazing
+BUILTIN_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints", "builtin")
+
+
+def builtin_checkpoint(value: str, revision: str | None = None) -> str:
+    """``--checkpoint builtin`` -> the folder of the small gazer packaged with the package (made by
+    ``benchmarks/train_gazer.py --package``); any other value is returned unchanged."""
+    if value != "builtin":
+        return value
+    if revision:
+        raise ValueError("--revision: applies to a hub id, not to --checkpoint builtin")
+    if not os.path.isfile(os.path.join(BUILTIN_CHECKPOINT, "model.safetensors")):
+        raise ValueError(f"--checkpoint builtin: no built-in checkpoint is shipped in this build (expected "
+                         f"{os.path.join(BUILTIN_CHECKPOINT, 'model.safetensors')}); pass a checkpoint folder or a "
+                         f"hub id such as nvidia/AutoGaze, or leave --checkpoint out for the greedy gazer")
+    return BUILTIN_CHECKPOINT
+
+
 def _load_gazer(args, device):
     """(model, processor, generate kwargs, name, effective settings). The settings record what the gazer
     actually uses: with --checkpoint and neither --gazing-ratio nor --task-loss-requirement, the checkpoint's
@@ -278,7 +296,8 @@ def _load_gazer(args, device):
 
     if args.checkpoint:
         # a local folder or a hub id (nvidia/AutoGaze): resolved once, the processor is read from the same folder
-        model = ag.AutoGaze.from_pretrained(args.checkpoint, revision=args.revision).to(device)
+        model = ag.AutoGaze.from_pretrained(builtin_checkpoint(args.checkpoint, args.revision),
+                                            revision=args.revision).to(device)
         folder, commit = model.pretrained_info["path"], model.pretrained_info["revision"]
         has_proc = os.path.isfile(os.path.join(folder, "preprocessor_config.json"))
         proc = ag.AutoGazeImageProcessor.from_pretrained(folder) if has_proc else ag.AutoGazeImageProcessor()
@@ -444,8 +463,9 @@ def _version() -> str:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", metavar="DIR_OR_ID",
-                   help="AutoGaze checkpoint: a folder (config.json + model.safetensors) or a hub id (e.g. "
-                        "nvidia/AutoGaze); default: the training-free greedy gazer")
+                   help="AutoGaze checkpoint: a folder (config.json + model.safetensors), a hub id (e.g. "
+                        "nvidia/AutoGaze) or 'builtin' (a small packaged gazer, where this build ships one); "
+                        "default: the training-free greedy gazer")
     p.add_argument("--revision", help="hub revision of --checkpoint (branch, tag or commit)")
     p.add_argument("--gazing-ratio", type=float, default=None, metavar="R",
                    help="max share of the 265 tokens per frame and tile, in (0, 1]; with --checkpoint and no "
