@@ -433,18 +433,19 @@ def run_model_eval(a, model, test, src) -> tuple[dict, dict]:
     vb = test[: a.eval_batch]
     r_mid = a.ratios[len(a.ratios) // 2]
     costs = {"trained_ms_per_clip": {}}
+    q_mid = a.requirements[len(a.requirements) // 2]
     for name, kw in ((f"gazing_ratio={r_mid}", dict(gazing_ratio=r_mid)),
                      (f"gazing_ratio={a.label_ratio}", dict(gazing_ratio=a.label_ratio)),
-                     (f"task_loss_requirement={a.requirements[len(a.requirements) // 2]}",
-                      dict(gazing_ratio=a.label_ratio, task_loss_requirement=a.requirements[len(a.requirements) // 2]))):
+                     (f"task_loss_requirement={q_mid}", dict(gazing_ratio=a.label_ratio, task_loss_requirement=q_mid))):
         costs["trained_ms_per_clip"][name] = median(time_ms(lambda: model.generate(vb, **kw), warmup=1,
                                                             reps=a.cost_reps)) / vb.shape[0]
     return curves, costs
 
 
 # ---------------------------------------------------------------------------------------- outputs
-COLOURS = {"trained (ratio)": (214, 39, 40), "trained (requirement)": (255, 127, 14), "greedy (max error)": (31, 119, 180),
-           "greedy (cap)": (23, 190, 207), "random": (127, 127, 127), "uniform grid": (44, 160, 44)}
+COLOURS = {"trained (ratio)": (214, 39, 40), "trained (requirement)": (255, 127, 14),
+           "greedy (max error)": (31, 119, 180), "greedy (cap)": (23, 190, 207), "random": (127, 127, 127),
+           "uniform grid": (44, 160, 44)}
 
 
 def write_plot(path: str, curves: dict, loss: list[dict]) -> str:
@@ -551,7 +552,7 @@ def _plain_plot(path: str, curves: dict, loss: list[dict]) -> None:
 
 
 def write_table(path: str, res: dict) -> None:
-    L = [f"# Trained gazer vs greedy, random and uniform selection", "",
+    L = ["# Trained gazer vs greedy, random and uniform selection", "",
          f"Device: {res['device']}. Date: {res['date']}. Command: `{res['command']}`.", "",
          f"Data: {res['data']['videos']} generated videos x {res['data']['frames_per_video']} frames "
          f"({res['data']['seconds_of_video_at_25fps'] / 60:.1f} min at 25 fps), {res['data']['train_clips']} training "
