@@ -1,12 +1,11 @@
 // CPU kernel of cache_attention (also the oracle of the CUDA kernels) and the argument checks that both
-// backends share (the CUDA glue declares check_cache_attention_inputs itself).
+// backends share (declared in ops.h).
 //
 // Query i of row b sits at slot s_i = start + i and attends keys j <= s_i with key_valid[b, j] or j == s_i,
 // scale 1/sqrt(d), fp32 softmax. A query with no key to attend (slot outside the cache, nothing valid
 // below it) gets NaN, like a softmax over all -inf scores.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -45,8 +44,6 @@ void check_cache_attention_inputs(const at::Tensor& q, const at::Tensor& k_cache
                 t->device());
   }
 }
-
-namespace {
 
 // tf32: a GPU mode (TF32 tensor-core products); the CPU computes in fp32 either way.
 at::Tensor cache_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
@@ -115,9 +112,5 @@ at::Tensor cache_attention_cpu(const at::Tensor& q_in, const at::Tensor& k_in, c
   });
   return out;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("cache_attention", &cache_attention_cpu); }
 
 }  // namespace autogaze_ext

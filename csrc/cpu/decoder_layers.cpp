@@ -5,7 +5,6 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <optional>
@@ -132,8 +131,6 @@ at::Tensor decoder_layers_composed(const at::Tensor& x, const at::Tensor& positi
   return h.view({B, rows, D});
 }
 
-namespace {
-
 at::Tensor decoder_layers_cpu(const at::Tensor& x, const at::Tensor& positions, const at::Tensor& inv_freq,
                               at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& key_valid,
                               const at::Tensor& start, const at::Tensor& w_qkv, const at::Tensor& w_o,
@@ -148,9 +145,5 @@ at::Tensor decoder_layers_cpu(const at::Tensor& x, const at::Tensor& positions, 
   return decoder_layers_composed(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
                                  norm_attn, norm_mlp, eps, num_heads, num_kv_heads, last_only);
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("decoder_layers", &decoder_layers_cpu); }
 
 }  // namespace autogaze_ext

@@ -1,14 +1,12 @@
 // CPU kernel of frame_begin (the prefill input of a frame of the fast decoding path, spec §5.1 and §5.6): also
 // the oracle the CUDA kernel is tested against. The argument checks live here (ops.h is shared).
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <tuple>
 
-#include "cpu/op_args.h"
 #include "ops.h"
 
 namespace autogaze_ext {
@@ -51,8 +49,6 @@ void check_frame_begin_inputs(const at::Tensor& pend, const at::Tensor& pend_len
                       {{"pend", &pend}, {"pend_len", &pend_len}, {"vision", &vision}, {"t", &t},
                        {"embed_weight", &embed_weight}, {"start", &start}});
 }
-
-namespace {
 
 std::tuple<at::Tensor, at::Tensor> frame_begin_cpu(const at::Tensor& pend_in, const at::Tensor& pend_len,
                                                    const at::Tensor& vision_in, const at::Tensor& t,
@@ -102,9 +98,5 @@ std::tuple<at::Tensor, at::Tensor> frame_begin_cpu(const at::Tensor& pend_in, co
   }
   return {x, positions};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("frame_begin", &frame_begin_cpu); }
 
 }  // namespace autogaze_ext

@@ -1,12 +1,10 @@
 // CPU kernel of frame_end (the bookkeeping at the end of a frame of the fast decoding path, spec §5.6): also
 // the oracle the CUDA kernel is tested against. The argument checks live here (ops.h is shared).
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cstdint>
 
-#include "cpu/op_args.h"
 #include "ops.h"
 
 namespace autogaze_ext {
@@ -48,8 +46,6 @@ void check_frame_end_inputs(const at::Tensor& fids, const at::Tensor& n, const a
                       {{"fids", &fids}, {"n", &n}, {"frame_start", &frame_start}, {"t", &t}});
 }
 
-namespace {
-
 void frame_end_cpu(const at::Tensor& fids_in, const at::Tensor& n, const at::Tensor& frame_start,
                    const at::Tensor& t, at::Tensor& key_valid, at::Tensor& count, at::Tensor& pend,
                    at::Tensor& pend_len, at::Tensor& out_ids, at::Tensor& out_n, int64_t eos) {
@@ -85,9 +81,5 @@ void frame_end_cpu(const at::Tensor& fids_in, const at::Tensor& n, const at::Ten
   pend_len.data_ptr<int64_t>()[0] = nn - fed;
   if (tt >= 0 && tt < T) out_n.data_ptr<int64_t>()[tt] = nn;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("frame_end", &frame_end_cpu); }
 
 }  // namespace autogaze_ext

@@ -6,7 +6,6 @@
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/mm.h>
 #include <c10/util/Exception.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -18,8 +17,7 @@ namespace autogaze_ext {
 
 constexpr int64_t kFusedLinearMaxKCpu = 1024;  // kFusedLinearMaxK of cuda/fused_linear.h (the CUDA kernel's limit)
 
-// Checks what both kernels rely on; returns the number of output columns. Declared again in
-// cuda/fused_linear_torch.cpp.
+// Checks what both kernels rely on; returns the number of output columns.
 int64_t check_fused_linear_inputs(const at::Tensor& x, const at::Tensor& weight,
                                   const std::optional<at::Tensor>& norm_weight,
                                   const std::optional<at::Tensor>& residual, bool swiglu) {
@@ -54,8 +52,6 @@ int64_t check_fused_linear_inputs(const at::Tensor& x, const at::Tensor& weight,
   }
   return n_out;
 }
-
-namespace {
 
 at::Tensor fused_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& norm_weight,
                             double eps, const std::optional<at::Tensor>& residual, bool swiglu) {
@@ -107,9 +103,5 @@ at::Tensor fused_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const
   });
   return out;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("fused_linear", &fused_linear_cpu); }
 
 }  // namespace autogaze_ext

@@ -2,7 +2,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <torch/library.h>
 
 #include <atomic>
 
@@ -40,7 +39,5 @@ std::tuple<at::Tensor, at::Tensor> gaze_decode_cpu(const at::Tensor& gazing_pos,
   });
   return {mask, coords};
 }
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("gaze_decode", &gaze_decode_cpu); }
 
 }  // namespace autogaze_ext

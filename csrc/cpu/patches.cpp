@@ -4,7 +4,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
-#include <torch/library.h>
 
 #include <optional>
 #include <vector>
@@ -13,7 +12,6 @@
 
 namespace autogaze_ext {
 
-// Declared again in cuda/patches_torch.cpp.
 void check_patch_frames(const at::Tensor& frames, int64_t dims, const char* op) {
   TORCH_CHECK(frames.dim() == dims, op, ": frames must be ", dims == 4 ? "(N, C, H, W)" : "(B, T, C, H, W)",
               ", got ", frames.sizes());
@@ -104,6 +102,8 @@ void extract_patch(const float* frame, int64_t C, int64_t H, int64_t W, const Pa
   }
 }
 
+}  // namespace
+
 at::Tensor multiscale_patches_cpu(const at::Tensor& frames_in, at::IntArrayRef scales, int64_t patch) {
   check_patch_frames(frames_in, 4, "multiscale_patches");
   TORCH_CHECK(frames_in.device().is_cpu(), "multiscale_patches_cpu expects CPU tensors");
@@ -189,13 +189,6 @@ std::tuple<at::Tensor, at::Tensor> gather_patches_cpu(const at::Tensor& frames_i
   }
   if (!packed) result = result.view({B, N, width});
   return {result, cu};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) {
-  m.impl("multiscale_patches", &multiscale_patches_cpu);
-  m.impl("gather_patches", &gather_patches_cpu);
 }
 
 }  // namespace autogaze_ext

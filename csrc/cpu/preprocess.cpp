@@ -4,7 +4,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <vector>
 
@@ -12,7 +11,6 @@
 
 namespace autogaze_ext {
 
-// Declared again in cuda/preprocess_torch.cpp.
 void check_preprocess_inputs(const at::Tensor& frames, int64_t out_h, int64_t out_w, int64_t model_size,
                              at::ArrayRef<double> mean, at::ArrayRef<double> std) {
   TORCH_CHECK(frames.dim() == 4 && frames.size(3) == 3, "preprocess: frames must be (N, H, W, 3), got ",
@@ -107,6 +105,8 @@ void preprocess_impl(const at::Tensor& frames, const at::Tensor& processed, cons
   });
 }
 
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> preprocess_cpu(const at::Tensor& frames_in, int64_t out_h, int64_t out_w,
                                                   int64_t model_size, double rescale, bool offset,
                                                   at::ArrayRef<double> mean, at::ArrayRef<double> std) {
@@ -126,9 +126,5 @@ std::tuple<at::Tensor, at::Tensor> preprocess_cpu(const at::Tensor& frames_in, i
     preprocess_impl<float, double>(frames, processed, model_input, rescale, offset, m, s);
   return {processed, model_input};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("preprocess", &preprocess_cpu); }
 
 }  // namespace autogaze_ext

@@ -1,12 +1,11 @@
 // CPU kernel of rope_cache_write (also the oracle of the CUDA kernel) and the argument checks that
-// both backends share (the CUDA glue declares check_rope_cache_write_inputs itself).
+// both backends share (declared in ops.h).
 //
 // qkv (B, n, (H + 2*KVH) * d): q | k | v, each head-major. q and k get rotate-half RoPE with angles
 // float32(position) * inv_freq[i % (d/2)] (decoder.py rope_cos_sin); rotated k and plain v go to
 // cache slots start + j; slots outside [0, L) are skipped (start is a device value: never trusted).
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -54,8 +53,6 @@ int64_t check_rope_cache_write_inputs(const at::Tensor& qkv, const at::Tensor& p
                       {{"qkv", &qkv}, {"positions", &positions}, {"inv_freq", &inv_freq}, {"start", &start}});
   return d;
 }
-
-namespace {
 
 at::Tensor rope_cache_write_cpu(const at::Tensor& qkv_in, const at::Tensor& positions_in, const at::Tensor& inv_freq_in,
                                 at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& start,
@@ -112,9 +109,5 @@ at::Tensor rope_cache_write_cpu(const at::Tensor& qkv_in, const at::Tensor& posi
   });
   return q_out;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("rope_cache_write", &rope_cache_write_cpu); }
 
 }  // namespace autogaze_ext

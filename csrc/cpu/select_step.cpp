@@ -1,8 +1,7 @@
 // CPU kernel of select_step (spec §5.4): also the oracle the CUDA kernel is tested against.
-// The argument checks live here too (ops.h is shared): the CUDA glue declares and calls them.
+// The argument checks (declared in ops.h) live here too: the CUDA glue calls them.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
@@ -11,7 +10,6 @@
 #include <limits>
 #include <vector>
 
-#include "cpu/op_args.h"
 #include "ops.h"
 
 namespace autogaze_ext {
@@ -152,7 +150,5 @@ at::Tensor select_step_cpu(const at::Tensor& logits_in, const at::Tensor& loss_p
   active.fill_(active0 && any);
   return chunk;
 }
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("select_step", &select_step_cpu); }
 
 }  // namespace autogaze_ext

@@ -1,5 +1,5 @@
 // CPU kernel of varlen_attention (also the oracle of a CUDA kernel) and the argument checks that both
-// backends share (a CUDA glue file declares check_varlen_attention_inputs itself).
+// backends share (declared in ops.h).
 //
 // Packed q, k, v (total, H, d); videos are cu_seqlens ranges, frames are cu_frames ranges (every video
 // boundary is a frame boundary; frames may be empty). Query i of video [s, e), frame [fs, fe) sees keys
@@ -14,7 +14,6 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/softmax.h>
 #include <c10/util/Exception.h>
-#include <torch/library.h>
 
 #include <algorithm>
 #include <limits>
@@ -92,6 +91,8 @@ struct QueryBlock {
 // causal rows differ in their last key, so smaller blocks waste fewer masked scores.
 constexpr int64_t kRowsShared = 256;
 constexpr int64_t kRowsCausal = 64;
+
+}  // namespace
 
 at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const at::Tensor& cu_seqlens, const at::Tensor& cu_frames, c10::string_view mode_str,
@@ -180,9 +181,5 @@ at::Tensor varlen_attention_cpu(const at::Tensor& q, const at::Tensor& k, const 
   });
   return q.scalar_type() == at::kFloat ? out : out.to(q.scalar_type());
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CPU, m) { m.impl("varlen_attention", &varlen_attention_cpu); }
 
 }  // namespace autogaze_ext

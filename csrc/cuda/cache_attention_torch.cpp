@@ -6,7 +6,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <cstdint>
 #include <limits>
@@ -15,14 +14,11 @@
 #include "ops.h"
 
 namespace autogaze_ext {
-
-// Defined in cpu/cache_attention.cpp (shared by both backends).
-void check_cache_attention_inputs(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                  const at::Tensor& key_valid, const at::Tensor& start);
-
 namespace {
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+}  // namespace
 
 at::Tensor cache_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in, const at::Tensor& v_in,
                                 const at::Tensor& valid_in, const at::Tensor& start, bool tf32) {
@@ -54,9 +50,5 @@ at::Tensor cache_attention_cuda(const at::Tensor& q_in, const at::Tensor& k_in, 
                                         d, c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) { m.impl("cache_attention", &cache_attention_cuda); }
 
 }  // namespace autogaze_ext

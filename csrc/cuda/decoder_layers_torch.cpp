@@ -6,7 +6,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <cstdint>
 #include <limits>
@@ -18,6 +17,8 @@ namespace autogaze_ext {
 namespace {
 
 bool aligned16(const at::Tensor& t) { return (reinterpret_cast<uintptr_t>(t.const_data_ptr()) & 15) == 0; }
+
+}  // namespace
 
 at::Tensor decoder_layers_cuda(const at::Tensor& x_in, const at::Tensor& positions_in, const at::Tensor& inv_freq,
                                at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& key_valid_in,
@@ -71,9 +72,5 @@ at::Tensor decoder_layers_cuda(const at::Tensor& x_in, const at::Tensor& positio
   C10_CUDA_CHECK(launch_decoder_layers(a, sms, c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) { m.impl("decoder_layers", &decoder_layers_cuda); }
 
 }  // namespace autogaze_ext

@@ -3,7 +3,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <tuple>
 
@@ -11,8 +10,6 @@
 #include "ops.h"
 
 namespace autogaze_ext {
-namespace {
-
 std::tuple<at::Tensor, at::Tensor> frame_begin_cuda(const at::Tensor& pend_in, const at::Tensor& pend_len,
                                                     const at::Tensor& vision_in, const at::Tensor& t,
                                                     const at::Tensor& weight_in, const at::Tensor& start,
@@ -50,9 +47,5 @@ std::tuple<at::Tensor, at::Tensor> frame_begin_cuda(const at::Tensor& pend_in, c
   C10_CUDA_CHECK(launch_frame_begin(a, c10::cuda::getCurrentCUDAStream().stream()));
   return {x, positions};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) { m.impl("frame_begin", &frame_begin_cuda); }
 
 }  // namespace autogaze_ext

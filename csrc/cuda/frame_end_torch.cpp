@@ -2,14 +2,11 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include "cuda/frame_end.h"
 #include "ops.h"
 
 namespace autogaze_ext {
-namespace {
-
 void frame_end_cuda(const at::Tensor& fids_in, const at::Tensor& n, const at::Tensor& frame_start,
                     const at::Tensor& t, at::Tensor& key_valid, at::Tensor& count, at::Tensor& pend,
                     at::Tensor& pend_len, at::Tensor& out_ids, at::Tensor& out_n, int64_t eos) {
@@ -37,9 +34,5 @@ void frame_end_cuda(const at::Tensor& fids_in, const at::Tensor& n, const at::Te
   a.eos = eos;
   C10_CUDA_CHECK(launch_frame_end(a, c10::cuda::getCurrentCUDAStream().stream()));
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) { m.impl("frame_end", &frame_end_cuda); }
 
 }  // namespace autogaze_ext

@@ -3,7 +3,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <climits>
 #include <optional>
@@ -12,13 +11,6 @@
 #include "ops.h"
 
 namespace autogaze_ext {
-
-// Defined in cpu/fused_linear.cpp (always part of the module); returns the number of output columns.
-int64_t check_fused_linear_inputs(const at::Tensor& x, const at::Tensor& weight,
-                                  const std::optional<at::Tensor>& norm_weight,
-                                  const std::optional<at::Tensor>& residual, bool swiglu);
-
-namespace {
 
 at::Tensor fused_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
                              const std::optional<at::Tensor>& norm_weight, double eps,
@@ -41,9 +33,5 @@ at::Tensor fused_linear_cuda(const at::Tensor& x, const at::Tensor& weight,
       c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) { m.impl("fused_linear", &fused_linear_cuda); }
 
 }  // namespace autogaze_ext

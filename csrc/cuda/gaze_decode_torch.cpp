@@ -3,14 +3,11 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include "cuda/gaze_decode.h"
 #include "ops.h"
 
 namespace autogaze_ext {
-namespace {
-
 std::tuple<at::Tensor, at::Tensor> gaze_decode_cuda(const at::Tensor& gazing_pos, const at::Tensor& if_padded,
                                                     int64_t num_frames, at::IntArrayRef grids) {
   check_gaze_decode_inputs(gazing_pos, if_padded, num_frames);
@@ -28,9 +25,5 @@ std::tuple<at::Tensor, at::Tensor> gaze_decode_cuda(const at::Tensor& gazing_pos
                                     c10::cuda::getCurrentCUDAStream().stream()));
   return {mask, coords};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) { m.impl("gaze_decode", &gaze_decode_cuda); }
 
 }  // namespace autogaze_ext

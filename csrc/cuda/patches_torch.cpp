@@ -6,7 +6,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <climits>
 #include <optional>
@@ -15,15 +14,6 @@
 #include "ops.h"
 
 namespace autogaze_ext {
-
-// Defined in cpu/patches.cpp (always part of the module).
-void check_patch_frames(const at::Tensor& frames, int64_t dims, const char* op);
-int64_t check_gather_patches_inputs(const at::Tensor& frames, const at::Tensor& gazing_pos,
-                                    const at::Tensor& if_padded, const PatchLayout& L,
-                                    const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-                                    const std::optional<at::Tensor>& pos_table);
-
-namespace {
 
 at::Tensor multiscale_patches_cuda(const at::Tensor& frames_in, at::IntArrayRef scales, int64_t patch) {
   check_patch_frames(frames_in, 4, "multiscale_patches");
@@ -89,13 +79,6 @@ std::tuple<at::Tensor, at::Tensor> gather_patches_cuda(const at::Tensor& frames_
   if (embed && rows > 0) out.addmm_(patches, weight->t());
   if (!packed) out = out.view({B, N, width});
   return {out, cu};
-}
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) {
-  m.impl("multiscale_patches", &multiscale_patches_cuda);
-  m.impl("gather_patches", &gather_patches_cuda);
 }
 
 }  // namespace autogaze_ext

@@ -3,18 +3,11 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include "cuda/preprocess.h"
 #include "ops.h"
 
 namespace autogaze_ext {
-
-// Defined in cpu/preprocess.cpp (always part of the module).
-void check_preprocess_inputs(const at::Tensor& frames, int64_t out_h, int64_t out_w, int64_t model_size,
-                             at::ArrayRef<double> mean, at::ArrayRef<double> std);
-
-namespace {
 
 std::tuple<at::Tensor, at::Tensor> preprocess_cuda(const at::Tensor& frames_in, int64_t out_h, int64_t out_w,
                                                    int64_t model_size, double rescale, bool offset,
@@ -54,9 +47,5 @@ std::tuple<at::Tensor, at::Tensor> preprocess_cuda(const at::Tensor& frames_in, 
   C10_CUDA_CHECK(launch_preprocess(a, c10::cuda::getCurrentCUDAStream().stream()));
   return {processed, model_input};
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) { m.impl("preprocess", &preprocess_cuda); }
 
 }  // namespace autogaze_ext

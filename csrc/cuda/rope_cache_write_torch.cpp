@@ -3,7 +3,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <limits>
 
@@ -11,13 +10,6 @@
 #include "ops.h"
 
 namespace autogaze_ext {
-
-// Defined in cpu/rope_cache_write.cpp (shared by both backends); returns the head dim.
-int64_t check_rope_cache_write_inputs(const at::Tensor& qkv, const at::Tensor& positions, const at::Tensor& inv_freq,
-                                      const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& start,
-                                      int64_t num_heads, int64_t num_kv_heads);
-
-namespace {
 
 at::Tensor rope_cache_write_cuda(const at::Tensor& qkv_in, const at::Tensor& positions_in,
                                  const at::Tensor& inv_freq_in, at::Tensor& k_cache, at::Tensor& v_cache,
@@ -39,9 +31,5 @@ at::Tensor rope_cache_write_cuda(const at::Tensor& qkv_in, const at::Tensor& pos
                                          c10::cuda::getCurrentCUDAStream().stream()));
   return q_out;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) { m.impl("rope_cache_write", &rope_cache_write_cuda); }
 
 }  // namespace autogaze_ext

@@ -3,20 +3,11 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include "cuda/select_step.h"
 #include "ops.h"
 
 namespace autogaze_ext {
-
-// Defined in csrc/cpu/select_step.cpp (always part of the module).
-void check_select_step_inputs(const at::Tensor& logits, const at::Tensor& loss_pred, const at::Tensor& cap,
-                              const at::Tensor& req, const at::Tensor& has_req, const at::Tensor& banned,
-                              const at::Tensor& unfinished, const at::Tensor& fids, const at::Tensor& n,
-                              const at::Tensor& first, const at::Tensor& active);
-
-namespace {
 
 at::Tensor select_step_cuda(const at::Tensor& logits_in, const at::Tensor& loss_pred_in, const at::Tensor& cap,
                             const at::Tensor& req_in, const at::Tensor& has_req, at::Tensor& banned,
@@ -59,9 +50,5 @@ at::Tensor select_step_cuda(const at::Tensor& logits_in, const at::Tensor& loss_
                                     c10::cuda::getCurrentCUDAStream().stream()));
   return chunk;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) { m.impl("select_step", &select_step_cuda); }
 
 }  // namespace autogaze_ext

@@ -3,7 +3,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
 
 #include <string_view>
 
@@ -11,8 +10,6 @@
 #include "ops.h"
 
 namespace autogaze_ext {
-namespace {
-
 at::Tensor varlen_attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                  const at::Tensor& cu_seqlens, const at::Tensor& cu_frames, c10::string_view mode_str,
                                  double scale, int64_t num_prefix) {
@@ -35,9 +32,5 @@ at::Tensor varlen_attention_cuda(const at::Tensor& q, const at::Tensor& k, const
                                          num_prefix, c10::cuda::getCurrentCUDAStream().stream()));
   return out;
 }
-
-}  // namespace
-
-TORCH_LIBRARY_IMPL(autogaze_ext, CUDA, m) { m.impl("varlen_attention", &varlen_attention_cuda); }
 
 }  // namespace autogaze_ext
