@@ -150,6 +150,28 @@ def cuda_us_per_call(fn, reps: int = 20, iters: int = 50, graph: bool = True) ->
     return e0.elapsed_time(e1) * 1e3 / calls
 
 
+def on_side_stream(fn):
+    """fn() run on a fresh CUDA stream that first waits for the current one, then synchronized: an op must follow
+    the current stream, not the default one."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = fn()
+    side.synchronize()
+    return out
+
+
+def capture_graph(fn, warmup=None):
+    """(graph, what fn returned during capture): warmup() (default fn) once on a side stream outside the capture,
+    as torch.cuda.graph needs, then fn captured; graph.replay() reruns it on the tensors fn closes over, writing
+    the returned tensors again."""
+    on_side_stream(warmup or fn)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
+
+
 def poison_cuda_cache() -> None:
     """Leave the caching allocator's free blocks full of 0x7F bytes, so an output element (or workspace entry)
     a kernel forgets to write shows up as 3.4e38 instead of a lucky zero."""

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autogaze_ext import _ops
-from conftest import cuda_us_per_call, poison_cuda_cache
+from conftest import capture_graph, cuda_us_per_call, on_side_stream, poison_cuda_cache
 from autogaze_ext import _ops_attention as A
 
 op = torch.ops.autogaze_ext.cache_attention if _ops.HAS_EXTENSION else None
@@ -210,16 +210,6 @@ def test_fake_and_compile():
 
 
 
-def _graph_of(call):
-    """A CUDA graph of call() (run once outside capture first) and the output tensor it writes on replay."""
-    call()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = call()
-    return graph, out
-
-
 def _cuda_check(q, k, v, valid, start, tol=1e-5):
     poison_cuda_cache()
     qc, kc, vc, validc, sc = (t.cuda() for t in (q, k, v, valid, start))
@@ -331,17 +321,13 @@ def test_cuda_opcheck_stream_and_graph():
     qc, kc, vc, validc = (t.cuda() for t in (q, k, v, valid))
     torch.library.opcheck(op, (qc, kc, vc, validc, torch.tensor([5], device="cuda")))
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        got = op(qc, kc, vc, validc, torch.tensor([700], device="cuda"))
-    side.synchronize()
+    got = on_side_stream(lambda: op(qc, kc, vc, validc, torch.tensor([700], device="cuda")))
     check(got.cpu(), q, k, v, valid, torch.tensor([700]))
 
     # capture once, then change start and key_valid (and q) in place: the graph follows the new values
     start = torch.tensor([10], device="cuda")
     s_q, s_valid = qc.clone(), validc.clone()
-    graph, out = _graph_of(lambda: op(s_q, kc, vc, s_valid, start))
+    graph, out = capture_graph(lambda: op(s_q, kc, vc, s_valid, start))
     for seed, st in [(17, 0), (18, 3000), (19, L - n), (20, 64), (21, -4), (22, L - 3)]:
         q2, _, _, valid2 = make_inputs(seed, B, H, KVH, n, L, d, p_valid=0.3, diag_only_rows=(seed % 2,))
         s_q.copy_(q2)
@@ -371,7 +357,7 @@ def test_cuda_graph_rope_then_attention():
         q = torch.ops.autogaze_ext.rope_cache_write(qkv, pos, freq, kc, vc, start, H, KVH)
         return op(q, kc, vc, valid, start)
 
-    graph, out = _graph_of(step)
+    graph, out = capture_graph(step)
     for st in (100, 400, L - n):
         qkv.normal_()
         valid[:, st: st + n] = True
@@ -459,7 +445,7 @@ def test_cuda_tf32_graph_follows_start():
     q, k, v, valid = make_inputs(25, B, H, KVH, n, L, d)
     qc, kc, vc, validc = (t.cuda() for t in (q, k, v, valid))
     start = torch.tensor([10], device="cuda")
-    graph, out = _graph_of(lambda: op(qc, kc, vc, validc, start, True))
+    graph, out = capture_graph(lambda: op(qc, kc, vc, validc, start, True))
     for st in (0, 1000, L - n, -30, L - 3, 5000):
         start.fill_(st)
         poison_cuda_cache()

@@ -5,7 +5,7 @@ import torch
 
 from autogaze_ext import _ops
 from autogaze_ext import _ops_decoder as Dm
-from conftest import cuda_us_per_call, poison_cuda_cache
+from conftest import capture_graph, cuda_us_per_call, poison_cuda_cache
 
 op = torch.ops.autogaze_ext.decoder_layers if _ops.HAS_EXTENSION else None
 needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
@@ -207,10 +207,7 @@ def test_cuda_graph_replays_with_new_start():
     kc, vc = a["k_cache"].clone(), a["v_cache"].clone()
     args = lambda: (a["x"], a["positions"], a["inv_freq"], kc, vc, a["key_valid"], s, a["w_qkv"], a["w_o"],  # noqa
                     a["w_gu"], a["w_down"], a["norm_attn"], a["norm_mlp"], 1e-5, m["H"], m["KVH"])
-    op(*args())  # warm-up outside the graph
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        out = op(*args())
+    g, out = capture_graph(lambda: op(*args()))
     s.fill_(700)
     kc.copy_(a["k_cache"]), vc.copy_(a["v_cache"])
     g.replay()

@@ -4,7 +4,7 @@ spec §5.1 and §5.6)."""
 import pytest
 import torch
 
-from conftest import clone_state
+from conftest import capture_graph, clone_state
 
 from autogaze_ext import _ops, _ops_frame
 
@@ -157,12 +157,7 @@ def test_cuda_edges_match_cpu():
 def test_cuda_graph_reads_device_values_at_replay():
     s = clone_state(make_state(9, 3), "cuda")
     torch.library.opcheck(op, tuple(s[a] for a in ARGS) + (EOS,))
-    g = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        run(op, clone_state(s))  # warm-up outside the capture
-    with torch.cuda.graph(g, stream=stream):
-        x, pos, _ = run(op, s)
+    g, (x, pos, _) = capture_graph(lambda: run(op, s), warmup=lambda: run(op, clone_state(s)))
     host = clone_state(s, "cpu")
     for pend_len, t, start in ((3, 0, 5), (10, 2, 60)):
         for d in (s, host):

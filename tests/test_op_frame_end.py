@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import clone_state
+from conftest import capture_graph, clone_state
 
 from autogaze_ext import _ops, _ops_frame
 
@@ -165,12 +165,7 @@ def test_cuda_edges_match_cpu():
 def test_cuda_graph_reads_device_values_at_replay():
     s = clone_state(make_state(9, 3, n=5, t=0), "cuda")
     torch.library.opcheck(op, tuple(s[a] for a in ARGS) + (EOS,))
-    g = torch.cuda.CUDAGraph()
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        run(op, clone_state(s))  # warm-up outside the capture
-    with torch.cuda.graph(g, stream=stream):
-        run(op, s)
+    g, _ = capture_graph(lambda: run(op, s), warmup=lambda: run(op, clone_state(s)))
     host = clone_state(s, "cpu")
     for n, t in ((17, 1), (40, 3)):
         s["n"].fill_(n), s["t"].fill_(t)

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import poison_cuda_cache
+from conftest import capture_graph, on_side_stream, poison_cuda_cache
 
 from autogaze_ext import _ops
 from autogaze_ext._ops_linear import MAX_K, fused_linear, fused_linear_reference
@@ -316,26 +316,18 @@ def test_cuda_opcheck_stream_and_graph():
     x, w, nw, r = make_inputs(1, 10, 192, 768, True, True, True, device="cuda")
     torch.library.opcheck(op, (x, w, nw, EPS, r, True))
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        got = op(x, w, nw, EPS, r, True)
-    side.synchronize()
+    got = on_side_stream(lambda: op(x, w, nw, EPS, r, True))
     check(got, x, w, nw, r, True)
 
     # CUDA graph: capture the decode-step chain once, change inputs and weights in place, replay.
     sx, sw, snw, sr = x.clone(), w.clone(), nw.clone(), r.clone()
     wo = torch.randn(192, 384, device="cuda") / 384**0.5
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):  # warm-up outside capture
-        op(op(sx, sw, snw, EPS, sr, True), wo, None, EPS, sx, False)
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+
+    def step():
         h = op(sx, sw, snw, EPS, sr, True)
-        out = op(h, wo, None, EPS, sx, False)
+        return h, op(h, wo, None, EPS, sx, False)
+
+    graph, (h, out) = capture_graph(step)
     for seed in (2, 3):
         x2, w2, nw2, r2 = make_inputs(seed, 10, 192, 768, True, True, True, device="cuda")
         for static, new in ((sx, x2), (sw, w2), (snw, nw2), (sr, r2)):

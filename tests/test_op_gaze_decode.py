@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import poison_cuda_cache
+from conftest import capture_graph, on_side_stream, poison_cuda_cache
 
 from autogaze_ext import _ops
 
@@ -236,20 +236,12 @@ def test_cuda_opcheck_stream_and_graph():
     torch.library.opcheck(op, (pos, pad, 3, NATIVE))
     ref = op(pos.cpu(), pad.cpu(), 3, NATIVE)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        got = op(pos, pad, 3, NATIVE)
-    side.synchronize()
+    got = on_side_stream(lambda: op(pos, pad, 3, NATIVE))
     assert all(torch.equal(a.cpu(), b) for a, b in zip(got, ref))
 
     # CUDA graph: capture once, change the inputs in place, replay.
     static_pos, static_pad = pos.clone(), pad.clone()
-    op(static_pos, static_pad, 3, NATIVE)  # warm-up outside capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = op(static_pos, static_pad, 3, NATIVE)
+    graph, out = capture_graph(lambda: op(static_pos, static_pad, 3, NATIVE))
     pos2, pad2 = make_inputs(2, 2, 33, 3, NATIVE)
     static_pos.copy_(pos2)
     static_pad.copy_(pad2)

@@ -10,7 +10,7 @@ from autogaze_ext._ops_patches import (NATIVE_SCALES, gather_patches, gather_pat
                                        multiscale_patches_reference, multiscale_pos_table,
                                        multiscale_pos_table_reference, patch_grids)
 
-from conftest import data_dir, fixture_dir, poison_cuda_cache
+from conftest import capture_graph, data_dir, fixture_dir, on_side_stream, poison_cuda_cache
 
 dense_op = torch.ops.autogaze_ext.multiscale_patches if _ops.HAS_EXTENSION else None
 gather_op = torch.ops.autogaze_ext.gather_patches if _ops.HAS_EXTENSION else None
@@ -577,28 +577,15 @@ def test_cuda_opcheck_stream_and_graph():
     torch.library.opcheck(dense_op, (x[0], list(NATIVE_SCALES), 16))
     torch.library.opcheck(gather_op, (x, pos, pad, list(NATIVE_SCALES), 16, w, b, pt, total))
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        got = gather_op(x, pos, pad, list(NATIVE_SCALES), 16, w, b, pt, total)
-    side.synchronize()
+    got = on_side_stream(lambda: gather_op(x, pos, pad, list(NATIVE_SCALES), 16, w, b, pt, total))
     ref = gather_patches_reference(x, pos, pad, NATIVE_SCALES, 16, w, b, pt, total)
     check_close(got[0], ref[0], 1e-5)
 
     # CUDA graph: capture dense + packed gather with a fixed row budget, change inputs in place, replay.
     sx, spos, spad = x.clone(), pos.clone(), pad.clone()
     budget = 2 * 120
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        dense_op(sx[0], list(NATIVE_SCALES), 16)
-        gather_op(sx, spos, spad, list(NATIVE_SCALES), 16, w, b, pt, budget)
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        dense = dense_op(sx[0], list(NATIVE_SCALES), 16)
-        tokens, cu = gather_op(sx, spos, spad, list(NATIVE_SCALES), 16, w, b, pt, budget)
+    graph, (dense, (tokens, cu)) = capture_graph(lambda: (
+        dense_op(sx[0], list(NATIVE_SCALES), 16), gather_op(sx, spos, spad, list(NATIVE_SCALES), 16, w, b, pt, budget)))
     for seed in (2, 3):
         x2 = frames_like(seed, (2, 4, 3, 224, 224), "cuda")
         p2, q2 = make_gaze(seed, 2, 120, 4, 265, pad_frac=0.1 * seed)

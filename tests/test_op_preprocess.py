@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from autogaze_ext import _ops
 from autogaze_ext._ops_preprocess import preprocess, preprocess_reference
 from autogaze_ext.processor import AutoGazeImageProcessor
-from conftest import case_input, data_dir, fixture_dir, run_case, poison_cuda_cache
+from conftest import capture_graph, case_input, data_dir, fixture_dir, on_side_stream, run_case, poison_cuda_cache
 
 op = torch.ops.autogaze_ext.preprocess if _ops.HAS_EXTENSION else None
 needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
@@ -232,19 +232,11 @@ def test_cuda_stream_and_graph():
     assert _ops.HAS_CUDA_KERNELS
     frames = random_frames(0, (16, 448, 448, 3)).cuda()
     ref = op(frames.cpu(), 224, 224, 160, 1 / 127.5, True, MEAN, STD)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        got = op(frames, 224, 224, 160, 1 / 127.5, True, MEAN, STD)
-    side.synchronize()
+    got = on_side_stream(lambda: op(frames, 224, 224, 160, 1 / 127.5, True, MEAN, STD))
     assert torch.equal(got[0].cpu(), ref[0]) and rel_err(got[1].cpu(), ref[1]) <= 1e-6
 
     static = frames.clone()
-    op(static, 224, 224, 160, 1 / 127.5, True, MEAN, STD)  # warm-up outside capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        processed, model_input = op(static, 224, 224, 160, 1 / 127.5, True, MEAN, STD)
+    graph, (processed, model_input) = capture_graph(lambda: op(static, 224, 224, 160, 1 / 127.5, True, MEAN, STD))
     new = random_frames(1, (16, 448, 448, 3))
     static.copy_(new.cuda())
     poison_cuda_cache()

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from autogaze_ext import _ops
-from conftest import cuda_us_per_call, poison_cuda_cache
+from conftest import capture_graph, cuda_us_per_call, poison_cuda_cache
 from autogaze_ext import _ops_attention as A
 
 op = torch.ops.autogaze_ext.rope_cache_write if _ops.HAS_EXTENSION else None
@@ -280,11 +280,7 @@ def test_cuda_opcheck_and_graph():
 
     start = torch.tensor([0], device="cuda")
     s_qkv, s_pos = qkv.clone(), pos.clone()
-    op(s_qkv, s_pos, freq, kc, vc, start, H, KVH)  # warm-up outside capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = op(s_qkv, s_pos, freq, kc, vc, start, H, KVH)
+    graph, out = capture_graph(lambda: op(s_qkv, s_pos, freq, kc, vc, start, H, KVH))
     for seed, st in [(10, 13), (11, L - n), (12, L - 3), (13, -5)]:
         qkv2, pos2, _, _, _ = _cuda(*make_inputs(seed, B, n, H, KVH, d, L))
         s_qkv.copy_(qkv2)

@@ -6,7 +6,7 @@ import time
 import pytest
 import torch
 
-from conftest import clone_state, cuda_us_per_call, poison_cuda_cache
+from conftest import capture_graph, clone_state, cuda_us_per_call, on_side_stream, poison_cuda_cache
 
 from autogaze_ext import _ops, _ops_select
 
@@ -400,11 +400,7 @@ def test_cuda_opcheck_and_stream():
         s = make_state(15, B, n=10, cap=30)
         s_cuda, s_ref = clone_state(s, "cuda"), clone_state(s)
         ref = call(_ops_select.select_step_reference, s_ref)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            got = call(op, s_cuda)
-        side.synchronize()
+        got = on_side_stream(lambda: call(op, s_cuda))
         assert_same(s_cuda, s_ref, got, ref, f"side stream B={B}")
 
 
@@ -422,14 +418,7 @@ def test_cuda_graph_frame(B, has_req):
     static = init_frame(B, cap=cap, req=req, has_req=has_req, device="cuda")
     logits, loss = step_inputs(g, B, 0)
     static.update(logits=logits.cuda(), loss_pred=loss.cuda())
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside capture
-        call(op, clone_state(static, "cuda"))
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = call(op, static)
+    graph, out = capture_graph(lambda: call(op, static), warmup=lambda: call(op, clone_state(static, "cuda")))
     for frame in range(2):
         fresh = init_frame(B, cap=cap + frame * 100, req=req * (frame + 1), has_req=has_req, device="cuda")
         for k in STATE + ("cap", "req", "has_req"):

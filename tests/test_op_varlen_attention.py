@@ -5,6 +5,7 @@ import torch
 
 from autogaze_ext import _ops, _ops_vit
 from autogaze_ext._ops_vit import MODES, _torch_varlen_plan, varlen_attention, varlen_attention_reference
+from conftest import capture_graph
 
 op = torch.ops.autogaze_ext.varlen_attention if _ops.HAS_EXTENSION else None
 needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
@@ -482,14 +483,7 @@ def test_cuda_kernel_opcheck_and_graph(d):
     torch.library.opcheck(op, (q, k, v, csd, cfd, "block_causal", scale, 1))
     # no host sync inside the op: it can be captured in a CUDA graph and replayed on new values
     sq = q.clone()
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        op(sq, k, v, csd, cfd, "block_causal", scale, 0)
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = op(sq, k, v, csd, cfd, "block_causal", scale, 0)
+    graph, out = capture_graph(lambda: op(sq, k, v, csd, cfd, "block_causal", scale, 0))
     q2 = torch.randn(q.shape, generator=g).to("cuda", q.dtype)
     sq.copy_(q2)
     graph.replay()

@@ -24,26 +24,16 @@ std::tuple<at::Tensor, at::Tensor> frame_begin_cuda(const at::Tensor& pend_in, c
   at::Tensor x = at::empty({B, K + NV, D}, vision.options());
   at::Tensor positions = at::empty({B, K + NV}, pend.options());
   FrameBeginArgs a{};
-  a.pend = pend.const_data_ptr<int64_t>();
-  a.pend_len = pend_len.const_data_ptr<int64_t>();
-  a.vision = vision.const_data_ptr<float>();
-  a.t = t.const_data_ptr<int64_t>();
+  a.pend = pend.const_data_ptr<int64_t>(), a.vision = vision.const_data_ptr<float>();
   a.weight = weight.const_data_ptr<float>();
+  // device scalars, read by the kernel at run time (capturable)
+  a.pend_len = pend_len.const_data_ptr<int64_t>(), a.t = t.const_data_ptr<int64_t>();
   a.start = start.const_data_ptr<int64_t>();
-  a.key_valid = key_valid.data_ptr<bool>();
-  a.count = count.data_ptr<int64_t>();
+  a.key_valid = key_valid.data_ptr<bool>(), a.count = count.data_ptr<int64_t>();
   a.tail_pos = tail_pos.data_ptr<int64_t>();
-  a.x = x.data_ptr<float>();
-  a.positions = positions.data_ptr<int64_t>();
-  a.batch = B;
-  a.chunk = K;
-  a.frames = vision.size(1);
-  a.vision_tokens = NV;
-  a.hidden = D;
-  a.vocab = weight.size(0);
-  a.cache_len = key_valid.size(1);
-  a.tail = tail_pos.size(1);
-  a.eos = eos;
+  a.x = x.data_ptr<float>(), a.positions = positions.data_ptr<int64_t>();
+  a.batch = B, a.chunk = K, a.frames = vision.size(1), a.vision_tokens = NV, a.hidden = D;
+  a.vocab = weight.size(0), a.cache_len = key_valid.size(1), a.tail = tail_pos.size(1), a.eos = eos;
   C10_CUDA_CHECK(launch_frame_begin(a, c10::cuda::getCurrentCUDAStream().stream()));
   return {x, positions};
 }

@@ -17,21 +17,14 @@ void frame_end_cuda(const at::Tensor& fids_in, const at::Tensor& n, const at::Te
   const at::Tensor fids = fids_in.contiguous();
   FrameEndArgs a{};
   a.fids = fids.const_data_ptr<int64_t>();
-  a.n = n.const_data_ptr<int64_t>();
-  a.frame_start = frame_start.const_data_ptr<int64_t>();
+  // device scalars, read by the kernel at run time (capturable)
+  a.n = n.const_data_ptr<int64_t>(), a.frame_start = frame_start.const_data_ptr<int64_t>();
   a.t = t.const_data_ptr<int64_t>();
-  a.key_valid = key_valid.data_ptr<bool>();
-  a.count = count.data_ptr<int64_t>();
-  a.pend = pend.data_ptr<int64_t>();
-  a.pend_len = pend_len.data_ptr<int64_t>();
-  a.out_ids = out_ids.data_ptr<int64_t>();
-  a.out_n = out_n.data_ptr<int64_t>();
-  a.batch = fids.size(0);
-  a.width = fids.size(1);
-  a.cache_len = key_valid.size(1);
-  a.chunk = pend.size(1);
-  a.frames = out_ids.size(1);
-  a.eos = eos;
+  a.key_valid = key_valid.data_ptr<bool>(), a.count = count.data_ptr<int64_t>();
+  a.pend = pend.data_ptr<int64_t>(), a.pend_len = pend_len.data_ptr<int64_t>();
+  a.out_ids = out_ids.data_ptr<int64_t>(), a.out_n = out_n.data_ptr<int64_t>();
+  a.batch = fids.size(0), a.width = fids.size(1), a.cache_len = key_valid.size(1), a.chunk = pend.size(1);
+  a.frames = out_ids.size(1), a.eos = eos;
   C10_CUDA_CHECK(launch_frame_end(a, c10::cuda::getCurrentCUDAStream().stream()));
 }
 

@@ -30,22 +30,15 @@ at::Tensor select_step_cuda(const at::Tensor& logits_in, const at::Tensor& loss_
   if (ws > 0) workspace = at::empty({ws}, logits.options());
 
   SelectStepArgs a{};
-  a.logits = logits.const_data_ptr<float>();
-  a.loss_pred = loss_pred.const_data_ptr<float>();
-  a.cap = cap.const_data_ptr<int64_t>();
+  a.logits = logits.const_data_ptr<float>(), a.loss_pred = loss_pred.const_data_ptr<float>();
   a.req = req.const_data_ptr<float>();
-  a.has_req = has_req.const_data_ptr<bool>();
-  a.banned = banned.data_ptr<bool>();
-  a.unfinished = unfinished.data_ptr<bool>();
-  a.fids = fids.data_ptr<int64_t>();
-  a.n = n.data_ptr<int64_t>();
-  a.first = first.data_ptr<bool>();
-  a.active = active.data_ptr<bool>();
+  a.cap = cap.const_data_ptr<int64_t>(), a.has_req = has_req.const_data_ptr<bool>();
+  // frame state, updated in place
+  a.banned = banned.data_ptr<bool>(), a.unfinished = unfinished.data_ptr<bool>();
+  a.fids = fids.data_ptr<int64_t>(), a.n = n.data_ptr<int64_t>();
+  a.first = first.data_ptr<bool>(), a.active = active.data_ptr<bool>();
   a.chunk = chunk.data_ptr<int64_t>();
-  a.batch = B;
-  a.heads = K;
-  a.vocab = V;
-  a.fids_cols = fids.size(1);
+  a.batch = B, a.heads = K, a.vocab = V, a.fids_cols = fids.size(1);
   C10_CUDA_CHECK(launch_select_step(a, ws > 0 ? workspace.data_ptr<float>() : nullptr, device,
                                     c10::cuda::getCurrentCUDAStream().stream()));
   return chunk;
