@@ -6,7 +6,7 @@ the build environment (pip's default isolated build) the build stops with a mess
 Environment:
   AUTOGAZE_EXT_NO_CUDA=1   CPU kernels only, even when torch has CUDA and nvcc is found
   CUDA_HOME / CUDA_PATH    CUDA toolkit root (otherwise the nvcc on PATH; see CMakeLists.txt)
-  TORCH_CUDA_ARCH_LIST     target GPUs, default "9.0"
+  TORCH_CUDA_ARCH_LIST     target GPUs, default "9.0"; "wheel": the CUDA wheel's list (WHEEL_CUDA_ARCHS below)
   MAX_JOBS                 parallel compile jobs, default: number of cores
   AUTOGAZE_EXT_DEBUG=1     CMake Debug build
 """
@@ -24,6 +24,27 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+# The CUDA wheel's targets (pyproject.toml [tool.cibuildwheel], README "Wheels"): SASS for A100, A10/RTX 30xx,
+# L4/L40/RTX 40xx and H100/H200, and PTX that newer cards JIT-compile.
+WHEEL_CUDA_ARCHS = "8.0;8.6;8.9;9.0+PTX"
+
+
+def _dependencies() -> list[str]:
+    """Runtime requirements. _C only loads with the torch minor release it was compiled against, so the
+    package (wheel or install) asks for that one: torch==X.Y.* of the torch in this build environment."""
+    deps = [
+        "numpy",
+        "safetensors",
+        "tqdm",
+        "pillow",  # the processor resizes with PIL, bit-exact with the official processor
+        "av",  # PyAV: video decoding and the overlay videos of the command line
+    ]
+    try:
+        import torch
+    except ImportError:  # an isolated build: build_ext stops with a message saying what to do
+        return ["torch>=2.4", *deps]
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return [f"torch=={major}.{minor}.*", *deps]
 
 
 def _tool(module: str, name: str) -> str:
@@ -71,12 +92,15 @@ class CMakeBuild(build_ext):
         # One CMake tree per (python, torch, CUDA setup) so switching environments never reuses a stale
         # cache, while rebuilding in one environment stays incremental.
         key = "|".join([sys.executable, torch.__version__, torch.__file__, str(no_cuda), shutil.which("nvcc") or "",
-                        *(os.environ.get(v, "") for v in ("CUDA_HOME", "CUDA_PATH", "CUDACXX"))])
+                        *(os.environ.get(v, "") for v in ("CUDA_HOME", "CUDA_PATH", "CUDACXX",
+                                                          "TORCH_CUDA_ARCH_LIST"))])
         build_dir = ROOT / "build" / f"cmake-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
         build_dir.mkdir(parents=True, exist_ok=True)
 
         env = os.environ.copy()
         env.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+        if env["TORCH_CUDA_ARCH_LIST"] == "wheel":
+            env["TORCH_CUDA_ARCH_LIST"] = WHEEL_CUDA_ARCHS
         cfg = "Debug" if os.environ.get("AUTOGAZE_EXT_DEBUG") == "1" else "Release"
         args = [
             _tool("cmake", "cmake"), "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",
@@ -110,4 +134,5 @@ class CMakeBuild(build_ext):
               f"compile {t2 - t1:.1f}s, {jobs} jobs, build dir {build_dir}", flush=True)
 
 
-setup(ext_modules=[Extension("autogaze_ext._C", sources=[])], cmdclass={"build_ext": CMakeBuild})
+setup(ext_modules=[Extension("autogaze_ext._C", sources=[])], cmdclass={"build_ext": CMakeBuild},
+      install_requires=_dependencies())
