@@ -38,7 +38,8 @@ else:
     if not (_built and _running and _built[0] == _running[0]):
         EXTENSION_IMPORT_ERROR = ImportError(
             f"autogaze_ext._C was built against torch {_C.build_info()['torch_version']} but torch "
-            f"{torch.__version__} is running; {_REBUILD}")
+            f"{torch.__version__} is running; install torch=={_built[0] if _built else '?'}.* (what this build "
+            f"requires) or {_REBUILD}")
         _C = None
 if EXTENSION_IMPORT_ERROR is not None:  # once per process: this module body runs once
     import warnings
