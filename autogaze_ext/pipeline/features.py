@@ -30,6 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._files import fsync_dir, remove_if_exists
+
 META_KEY = "autogaze_ext"
 FORMAT_VERSION = 1
 HEADER_RESERVE = 1 << 16  # data starts here; the JSON header is padded with spaces up to it
@@ -173,7 +175,7 @@ class FeatureWriter:
             self.features.close()
             os.replace(self.tmp, self.path)
             if fsync:
-                _fsync_dir(os.path.dirname(os.path.abspath(self.path)))
+                fsync_dir(os.path.dirname(os.path.abspath(self.path)))
         except BaseException:
             self.abort()
             raise
@@ -189,33 +191,13 @@ class FeatureWriter:
             except OSError:
                 pass
         for p in (self.tmp,):
-            _unlink(p)
+            remove_if_exists(p)
         self._remove_side_files()
         self.closed = True
 
     def _remove_side_files(self) -> None:
         for col in self.side:
-            _unlink(col.path)
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+            remove_if_exists(col.path)
 
 
 # ------------------------------------------------------------------------------------------ reading

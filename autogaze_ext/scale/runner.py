@@ -31,6 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from .._files import fsync_dir, remove_if_exists
 from .jobs import VideoJob
 
 INDEX_COLUMNS = ("path", "output", "status", "clips", "frames", "tokens", "seconds", "error", "attempts")
@@ -112,26 +113,6 @@ def _bump_attempts(output: str) -> int:
     return n + 1
 
 
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 class _Worker:
     """The actor: the job's models are set up once; each call processes the videos of one batch in turn."""
 
@@ -151,24 +132,24 @@ class _Worker:
         if not self.overwrite:
             done = self.job.completed(out)
             if done is not None:  # finished by an earlier attempt of this task, then the worker died
-                _remove(_attempts_file(out))
+                remove_if_exists(_attempts_file(out))
                 return {**r, "status": "ok", **done}
         n = _bump_attempts(out)
         r = {**r, "attempts": n}
         if n > self.max_attempts:
-            _remove(_attempts_file(out))
+            remove_if_exists(_attempts_file(out))
             return {**r, "status": "failed", "error": f"WorkerDied: the worker processing this video died "
                                                       f"{n - 1} times (max_attempts={self.max_attempts})"}
         prefix = _staging_prefix(out)
         for stale in glob.glob(glob.escape(prefix) + "*"):  # left by killed attempts (never the attempts file)
             if not stale.endswith(ATTEMPTS_SUFFIX):
-                _remove(stale)
+                remove_if_exists(stale)
         stage = prefix + uuid.uuid4().hex[:12] + self.job.suffix
         t0 = time.perf_counter()
         try:
             summary = self.job.run(r["path"], stage)
             os.replace(stage, out)
-            _fsync_dir(os.path.dirname(os.path.abspath(out)))
+            fsync_dir(os.path.dirname(os.path.abspath(out)))
         except TransientError:
             if n < self.max_attempts:
                 raise  # Ray retries the task (retry_exceptions)
@@ -179,9 +160,9 @@ class _Worker:
             r.update(status="ok", **summary)
         finally:
             for leftover in glob.glob(glob.escape(stage) + "*"):
-                _remove(leftover)
+                remove_if_exists(leftover)
         r["seconds"] = time.perf_counter() - t0
-        _remove(_attempts_file(out))
+        remove_if_exists(_attempts_file(out))
         return r
 
 
@@ -319,7 +300,7 @@ def write_index(rows: list[dict], path: str) -> None:
         pq.write_table(table, tmp)
         os.replace(tmp, path)
     finally:
-        _remove(tmp)
+        remove_if_exists(tmp)
 
 
 def read_index(path: str) -> list[dict]:
