@@ -46,4 +46,3 @@ def test_timm_example():
                                        "torchvision)")
     out = run_example("timm_gazed_video.py", 197)  # + the class token
     assert "tiny ViT" in out and "+ 1 prefix" in out  # the class token once per video
-
