@@ -204,6 +204,103 @@ def test_ray_on_gpu_equals_single_process(videos, ray_cluster, tmp_path):
         same_file(tmp_path / "out" / stem, tmp_path / "ref" / stem)
 
 
+# ------------------------------------------------------------------------------------ label --ray
+LABEL_VIDEOS = {"v0.mp4": (6, 96, 128), "v1.mp4": (3, 112, 112), "v2.mp4": (8, 80, 144)}
+
+
+def _label(*args) -> int:
+    from autogaze_ext.cli import main
+
+    return main(["label", *map(str, args), "--clip-len", "4", "--device", "cpu", "--quiet"])
+
+
+@pytest.fixture(scope="module")
+def label_run(tmp_path_factory, ray_cluster):
+    """The single-process label file of a folder (3 videos, a junk file failing the CPU check, a truncated
+    video failing in the worker) and one `label --ray` run on it, 2 clips per actor call."""
+    d = tmp_path_factory.mktemp("label")
+    root = d / "data" / "train"
+    root.mkdir(parents=True)
+    for i, (name, (t, h, w)) in enumerate(LABEL_VIDEOS.items()):
+        write_video(root / name, moving_objects_clip(t, h, w, seed=i))
+    (root / "junk.mp4").write_bytes(b"not a video at all" * 10)
+    cut = Path(write_video(d / "cut.mp4", moving_objects_clip(48, 96, 128, seed=4), faststart=True)).read_bytes()
+    (root / "v0_cut.mp4").write_bytes(cut[: len(cut) // 5])  # its header opens, its first frame does not decode
+    assert _label(d / "data", "--out", d / "ref.json") == 1
+    t0 = time.perf_counter()
+    rc = _label(d / "data", "--out", d / "labels.json", "--ray", "--cpus-per-gpu", 1, "--batch-rows", 2)
+    return d, rc, time.perf_counter() - t0
+
+
+def test_label_ray_equals_single_process(label_run):
+    from autogaze_ext.training.labels import read_labels
+
+    d, rc, _ = label_run
+    assert rc == 1  # the two bad files
+    assert (d / "labels.json").read_bytes() == (d / "ref.json").read_bytes()
+    assert len(read_labels(d / "labels.json", clip_len=4)) == 3
+    records = d / "labels.records"
+    left = sorted(str(p.relative_to(records)) for p in records.rglob("*") if p.is_file())
+    assert left == ["data/train/v0.mp4.json", "data/train/v1.mp4.json", "data/train/v2.mp4.json", "index.parquet"]
+    rows = {os.path.basename(r["path"]): r for r in runner.read_index(str(records / "index.parquet"))}
+    assert list(rows) == ["junk.mp4", "v0.mp4", "v0_cut.mp4", "v1.mp4", "v2.mp4"]  # input order
+    data = json.loads((d / "labels.json").read_text())
+    for name in LABEL_VIDEOS:
+        r = rows[name]
+        assert r["status"] == "ok" and r["error"] is None and r["frames"] == 4 and r["attempts"] == 1
+        assert r["tokens"] == sum(map(len, data[r["path"]]["gazing_pos"]))
+    assert rows["junk.mp4"]["status"] == "failed" and rows["junk.mp4"]["attempts"] == 0  # the CPU check
+    assert "not a video" in rows["junk.mp4"]["error"]
+    cut = rows["v0_cut.mp4"]  # in the worker, batched with another video that was labelled
+    assert cut["status"] == "failed" and cut["attempts"] == 1 and "truncated" in cut["error"]
+
+
+def test_label_ray_resumes(label_run, capsys):
+    """Videos in the label file are skipped without Ray work, a record left by a run stopped before its merge
+    is merged as it is, the rest is labelled; the file is again the single-process one, byte for byte."""
+    from autogaze_ext.training.labels import write_labels
+
+    d, _, _ = label_run
+    out, rec = d / "labels.json", d / "labels.records" / "data" / "train"
+    ref = json.loads((d / "ref.json").read_text())
+    v0 = next(k for k in ref if k.endswith("v0.mp4"))
+    write_labels(out, {v0: ref[v0]})
+    (rec / "v2.mp4.json").unlink()
+    stamp = (rec / "v1.mp4.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert _label(d / "data", "--out", out, "--ray", "--cpus-per-gpu", 1, "--batch-rows", 2) == 1
+    err = capsys.readouterr().err
+    assert "4 video(s) to label, 1 already in" in err and "1 video(s) labelled, 2 skipped" in err, err
+    assert "Traceback" not in err and "junk.mp4" in err and "v0_cut.mp4" in err
+    assert out.read_bytes() == (d / "ref.json").read_bytes()
+    assert (rec / "v1.mp4.json").stat().st_mtime_ns == stamp
+    rows = {os.path.basename(r["path"]): r for r in runner.read_index(str(d / "labels.records" / "index.parquet"))}
+    assert rows["v0.mp4"]["status"] == "skipped" and rows["v0.mp4"]["output"] == str(out)
+    assert rows["v1.mp4"]["status"] == "skipped" and rows["v2.mp4"]["status"] == "ok"
+    assert rows["v0_cut.mp4"]["status"] == "failed" and rows["junk.mp4"]["status"] == "failed"
+
+
+def test_label_record_files(tmp_path):
+    """Record names follow the label key (safe for any path or URI); a record made with other settings, or
+    malformed, is not complete."""
+    from autogaze_ext.scale import LabelJob
+
+    f = str(tmp_path)
+    assert LabelJob.record_path(f, "/x/data/train/a.mp4") == os.path.join(f, "data", "train", "a.mp4.json")
+    assert LabelJob.record_path(f, "../../a.mp4") == os.path.join(f, "%2E%2E", "%2E%2E", "a.mp4.json")
+    assert LabelJob.record_path(f, "https://h/d/s/a b.mp4?sig=1/") != LabelJob.record_path(f, "https://h/d/s/a b.mp4")
+    job = LabelJob(max_error=0.3, clip_len=2)
+    rec = {"gazing_pos": [[3], [265]], "task_losses": [[0.5], [0.25]]}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"video": "a.mp4", "settings": job.settings(), "record": rec}))
+    assert job.read(str(path)) == rec and job.completed(str(path)) == {"clips": 1, "frames": 2, "tokens": 2}
+    assert LabelJob(max_error=0.2, clip_len=2).completed(str(path)) is None
+    path.write_text(json.dumps({"video": "a.mp4", "settings": job.settings(), "record": {"gazing_pos": [[3]]}}))
+    assert job.completed(str(path)) is None
+    path.write_text('{"video": "a.mp4", "sett')
+    assert job.completed(str(path)) is None
+
+
 # ------------------------------------------------------------------------ no Ray needed from here on
 def test_worker_attempt_limit_and_stale_staging(tmp_path):
     """A video whose worker already died max_attempts times is a failed row, not a fourth crash; a retried

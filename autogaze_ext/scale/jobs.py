@@ -8,7 +8,12 @@ that reruns and retries skip finished videos.
 """
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
+
+# what fails one video (a row of the index) rather than the run
+VIDEO_ERRORS = (ValueError, TypeError, OSError, RuntimeError, ImportError)
 
 
 class VideoJob:
@@ -31,6 +36,17 @@ class VideoJob:
     def run(self, video: str, output: str) -> dict:
         """Process one video into ``output`` (atomically). Returns {"clips", "frames", "tokens"}."""
         raise NotImplementedError
+
+    def run_many(self, items: list[tuple[str, str]]) -> list:
+        """Process several (video, output) pairs; per pair its summary (as ``run``) or the exception that failed
+        it. Override it to batch the videos of one actor call on the accelerator; the default runs them in turn."""
+        results = []
+        for video, output in items:
+            try:
+                results.append(self.run(video, output))
+            except VIDEO_ERRORS as e:
+                results.append(e)
+        return results
 
     def completed(self, output: str) -> dict | None:
         """{"clips", "frames", "tokens"} of a complete output file, None when it is missing or incomplete."""
@@ -95,3 +111,128 @@ class EncodeJob(VideoJob):
     def settings(self) -> dict:
         return {"encoder": {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
                             for k, v in self.encoder_kwargs.items()}, "max_frames": self.max_frames}
+
+
+class LabelJob(VideoJob):
+    """``autogaze-ext label`` on each video: one record file per video (JSON: the video, the labelling settings
+    and its official label record), merged by the driver into the one label file. The first clips of the
+    videos of one actor call are gazed in one batch (``videos_per_call``), as ``label --batch-rows`` does.
+
+    A record file counts as complete only when it holds a valid record made with the same settings, so a
+    records folder left by a run with other settings is relabelled, not merged.
+    """
+
+    name = "label"
+    suffix = ".json"
+
+    def __init__(self, checkpoint: str | None = None, revision: str | None = None, max_error: float | None = None,
+                 gazing_ratio: float | None = None, task_loss_requirement: float | None = None,
+                 precision: str = "fp32", clip_len: int = 16, device: str = "cpu"):
+        self.gazer_args = dict(checkpoint=checkpoint, revision=revision, max_error=max_error,
+                               gazing_ratio=gazing_ratio, task_loss_requirement=task_loss_requirement,
+                               precision=precision)
+        self.clip_len, self.device = clip_len, device
+        self.gazer = self.processor = None
+        self.gaze_kwargs: dict = {}
+        self.threads = 1
+
+    def __getstate__(self):  # the gazer (weights) never travels
+        return {**self.__dict__, "gazer": None, "processor": None}
+
+    def settings(self) -> dict:
+        return {"gazer": dict(self.gazer_args), "clip_len": self.clip_len}
+
+    @staticmethod
+    def record_path(folder: str, video: str) -> str:
+        """The record file of a video: named by its label key (last three path components, unique among the
+        videos of a label file), so it stays the same however the inputs are spelled. Each component is
+        percent-quoted (no '..', no separators, injective)."""
+        from urllib.parse import quote
+
+        from ..training.labels import label_key
+
+        parts = []
+        for c in label_key(video).split("/"):
+            q = quote(c, safe=" ,+=@-_.~")
+            parts.append(q.replace(".", "%2E") if q in (".", "..") else (q or "%00"))
+        return os.path.join(folder, *parts) + LabelJob.suffix
+
+    def setup(self, num_cpus: int) -> None:
+        import torch
+        from types import SimpleNamespace
+
+        from ..cli import _load_gazer
+        from ..training.labels import label_processor
+
+        self.gazer, proc, self.gaze_kwargs, _, _ = _load_gazer(SimpleNamespace(**self.gazer_args),
+                                                                torch.device(self.device))
+        self.processor = label_processor(proc)
+        self.threads = max(1, int(num_cpus))
+
+    def check(self, video: str) -> dict:
+        from ..pipeline.decode import probe
+
+        info = probe(video)
+        return {"width": info.width, "height": info.height}
+
+    def run(self, video: str, output: str) -> dict:
+        res = self.run_many([(video, output)])[0]
+        if isinstance(res, BaseException):
+            raise res
+        return res
+
+    def run_many(self, items: list[tuple[str, str]]) -> list:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import torch
+
+        from ..training.labels import label_clips, read_clip
+
+        def decode(video):
+            try:
+                return read_clip(video, self.clip_len, self.processor)[0]
+            except (ValueError, OSError, RuntimeError) as e:
+                return e
+
+        # decode the clips side by side on the worker's CPUs (PyAV releases the GIL)
+        with ThreadPoolExecutor(max(1, min(len(items), self.threads))) as pool:
+            results = list(pool.map(decode, [v for v, _ in items]))
+        ok = [i for i, c in enumerate(results) if not isinstance(c, BaseException)]
+        if not ok:
+            return results
+        try:
+            records = label_clips(self.gazer, torch.stack([results[i] for i in ok]), **self.gaze_kwargs)
+        except (ValueError, RuntimeError) as e:  # the batch failed: each of its videos, with that error
+            for i in ok:
+                results[i] = e
+            return results
+        for i, rec in zip(ok, records):
+            video, output = items[i]
+            with open(output, "w", encoding="utf-8") as f:
+                json.dump({"video": video, "settings": self.settings(), "record": rec}, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            results[i] = self._summary(rec)
+        return results
+
+    def _summary(self, record: dict) -> dict:
+        return {"clips": 1, "frames": len(record["gazing_pos"]), "tokens": sum(map(len, record["gazing_pos"]))}
+
+    def read(self, output: str) -> dict | None:
+        """The label record of a complete record file; None when it is missing, malformed, or made with other
+        settings."""
+        from ..training.labels import validate_record
+
+        try:
+            with open(output, "rb") as f:
+                data = json.loads(f.read())
+            if not isinstance(data, dict) or data.get("settings") != self.settings():
+                return None
+            validate_record(str(data.get("video")), data.get("record"), self.clip_len, need_task_losses=True)
+        except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+            return None
+        return data["record"]
+
+    def completed(self, output: str) -> dict | None:
+        rec = self.read(output)
+        return None if rec is None else self._summary(rec)

@@ -32,7 +32,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from .._files import fsync_dir, remove_if_exists
-from .jobs import VideoJob
+from .jobs import VIDEO_ERRORS, VideoJob
 
 INDEX_COLUMNS = ("path", "output", "status", "clips", "frames", "tokens", "seconds", "error", "attempts")
 ATTEMPTS_SUFFIX = ".attempts"
@@ -114,7 +114,8 @@ def _bump_attempts(output: str) -> int:
 
 
 class _Worker:
-    """The actor: the job's models are set up once; each call processes the videos of one batch in turn."""
+    """The actor: the job's models are set up once; each call processes the videos of one batch, together when
+    the job has its own ``run_many`` (one GPU batch over several videos), else one at a time."""
 
     def __init__(self, job: VideoJob, num_cpus: int, overwrite: bool, max_attempts: int, cuda: bool):
         import torch
@@ -122,48 +123,89 @@ class _Worker:
         if not cuda:  # Ray sets OMP_NUM_THREADS for the actor; torch is told too
             torch.set_num_threads(max(1, int(num_cpus)))
         self.job, self.overwrite, self.max_attempts = job, overwrite, max_attempts
+        self.batched = type(job).run_many is not VideoJob.run_many
         job.setup(num_cpus)
 
     def __call__(self, batch):
-        return _table([self._one(r) if r["status"] == "todo" else r for r in batch.to_pylist()])
+        rows = batch.to_pylist()
+        todo = [i for i, r in enumerate(rows) if r["status"] == "todo"]
+        # a live attempt counter means an earlier attempt of this call died: then one video at a time, so that a
+        # video that kills its worker uses up its own attempts, not those of the videos batched with it
+        if self.batched and len(todo) > 1 and not any(os.path.exists(_attempts_file(rows[i]["output"]))
+                                                      for i in todo):
+            self._group(rows, todo)
+        else:
+            for i in todo:
+                self._group(rows, [i])
+        return _table(rows)
 
     def _one(self, r: dict) -> dict:
+        rows = [r]
+        self._group(rows, [0])
+        return rows[0]
+
+    def _start(self, r: dict) -> tuple[dict, str | None]:
+        """(row, staging file) of a video to process; (final row, None) when it is done or out of attempts."""
         out = r["output"]
         if not self.overwrite:
             done = self.job.completed(out)
             if done is not None:  # finished by an earlier attempt of this task, then the worker died
                 remove_if_exists(_attempts_file(out))
-                return {**r, "status": "ok", **done}
+                return {**r, "status": "ok", **done}, None
         n = _bump_attempts(out)
         r = {**r, "attempts": n}
         if n > self.max_attempts:
             remove_if_exists(_attempts_file(out))
             return {**r, "status": "failed", "error": f"WorkerDied: the worker processing this video died "
-                                                      f"{n - 1} times (max_attempts={self.max_attempts})"}
+                                                      f"{n - 1} times (max_attempts={self.max_attempts})"}, None
         prefix = _staging_prefix(out)
         for stale in glob.glob(glob.escape(prefix) + "*"):  # left by killed attempts (never the attempts file)
             if not stale.endswith(ATTEMPTS_SUFFIX):
                 remove_if_exists(stale)
-        stage = prefix + uuid.uuid4().hex[:12] + self.job.suffix
+        return r, prefix + uuid.uuid4().hex[:12] + self.job.suffix
+
+    def _group(self, rows: list[dict], idx: list[int]) -> None:
+        """Process rows[i] for i in idx (in one ``run_many`` call) and update them in place."""
+        work = []
+        for i in idx:
+            rows[i], stage = self._start(rows[i])
+            if stage is not None:
+                work.append((i, stage))
+        if not work:
+            return
         t0 = time.perf_counter()
         try:
-            summary = self.job.run(r["path"], stage)
-            os.replace(stage, out)
-            fsync_dir(os.path.dirname(os.path.abspath(out)))
-        except TransientError:
-            if n < self.max_attempts:
-                raise  # Ray retries the task (retry_exceptions)
-            r.update(status="failed", error="TransientError: retries exhausted")
-        except (ValueError, TypeError, OSError, RuntimeError, ImportError) as e:
-            r.update(status="failed", error=_row_error(e))
-        else:
-            r.update(status="ok", **summary)
-        finally:
-            for leftover in glob.glob(glob.escape(stage) + "*"):
-                remove_if_exists(leftover)
-        r["seconds"] = time.perf_counter() - t0
-        remove_if_exists(_attempts_file(out))
-        return r
+            results = self.job.run_many([(rows[i]["path"], stage) for i, stage in work])
+            if len(results) != len(work):
+                raise RuntimeError(f"{type(self.job).__name__}.run_many returned {len(results)} results for "
+                                   f"{len(work)} videos")
+        except VIDEO_ERRORS as e:  # the whole group failed (e.g. its GPU batch)
+            results = [e] * len(work)
+        seconds = (time.perf_counter() - t0) / len(work)
+        transient = None
+        for (i, stage), res in zip(work, results):
+            r, out = rows[i], rows[i]["output"]
+            try:
+                if isinstance(res, BaseException):
+                    raise res
+                os.replace(stage, out)
+                fsync_dir(os.path.dirname(os.path.abspath(out)))
+            except TransientError as e:
+                if r["attempts"] < self.max_attempts:
+                    transient = e  # Ray retries the task (retry_exceptions); the attempts file stays
+                    continue
+                r.update(status="failed", error="TransientError: retries exhausted")
+            except VIDEO_ERRORS as e:
+                r.update(status="failed", error=_row_error(e))
+            else:
+                r.update(status="ok", **res)
+            finally:
+                for leftover in glob.glob(glob.escape(stage) + "*"):
+                    remove_if_exists(leftover)
+            r["seconds"] = seconds
+            remove_if_exists(_attempts_file(out))
+        if transient is not None:
+            raise transient
 
 
 # ------------------------------------------------------------------------------------------- driver
@@ -239,7 +281,8 @@ def run(pairs: list[tuple[str, str]], job: VideoJob, *, index: str | None = None
 
     workers: actors (default: one per GPU of the cluster; 1 without GPUs). gpus_per_worker: 1 for GPU
     encoding, 0 for CPU workers. videos_per_call: videos per actor call (a retried call redoes only its
-    unfinished videos). max_attempts: starts of one video before it is recorded as failed.
+    unfinished videos; a job with its own ``run_many`` processes them together). max_attempts: starts of one
+    video before it is recorded as failed.
     """
     ray = connect(address, **(ray_init or {}))
     from ray.data import ActorPoolStrategy, DataContext

@@ -25,8 +25,9 @@ def add_label_parser(sub) -> argparse.ArgumentParser:
                        description="Gaze the first 16-frame clip of each video (224 x 224, as the official training "
                                    "data) and write the official label JSON: per video, per frame the gazed ids and "
                                    "the reconstruction error after each one (task losses).")
-    p.add_argument("inputs", nargs="+", metavar="VIDEO_OR_DIR",
-                   help="video files, or folders searched recursively for " + " ".join(VIDEO_EXTENSIONS))
+    p.add_argument("inputs", nargs="*", metavar="VIDEO_OR_DIR",
+                   help="video files, or folders searched recursively for " + " ".join(VIDEO_EXTENSIONS) +
+                        ", or glob patterns ('videos/**/*.mp4'), or URIs PyAV opens")
     p.add_argument("--out", required=True, metavar="LABELS.json", help="label file to write (or resume)")
     p.add_argument("--checkpoint", metavar="DIR_OR_ID",
                    help="AutoGaze checkpoint (folder or hub id); default: the training-free greedy gazer")
@@ -46,7 +47,86 @@ def add_label_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="label videos again that the file already holds")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU compute threads")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--manifest", metavar="FILE",
+                   help="videos listed in a .txt (one path or URI per line), .csv or .parquet ('path' column) file, "
+                        "after any VIDEO_OR_DIR")
+    r = p.add_argument_group("dataset scale (Ray Data; pip install 'autogaze_ext[ray]')")
+    r.add_argument("--ray", action="store_true",
+                   help="run on Ray Data: one gazer actor per GPU writing a record file per video, merged into --out")
+    r.add_argument("--address", help="Ray cluster to join (auto, ray://HOST:10001); default: start a local Ray")
+    r.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="gazer actors, one GPU each (default: every GPU of the cluster; CPU workers with "
+                        "--device cpu, default 1)")
+    r.add_argument("--cpus-per-gpu", type=float, default=None, metavar="C",
+                   help="CPUs reserved per actor, for its decoding (default: the cluster's CPUs, less one, shared)")
+    r.add_argument("--records", metavar="DIR",
+                   help="folder of the per-video record files, on storage every node sees (default: --out without "
+                        ".json, plus .records)")
+    r.add_argument("--index", metavar="FILE.parquet",
+                   help="the run's index (path, status, tokens, seconds, error per video; default "
+                        "RECORDS/index.parquet)")
     return p
+
+
+def label_videos(args) -> list[str]:
+    """The videos of VIDEO_OR_DIR... and --manifest, in order (folders as ``find_videos``), each once; two
+    videos with the same label key are an error."""
+    from ..pipeline.decode import is_uri
+    from ..scale.manifest import _GLOB, expand_inputs
+    from .labels import label_key
+
+    if not args.inputs and not args.manifest:
+        raise ValueError("inputs: give VIDEO_OR_DIR... or --manifest FILE")
+    videos: list[str] = []
+    for item in args.inputs:
+        if not os.path.exists(item) and (is_uri(item) or _GLOB.search(item)):
+            videos += [v for v, _ in expand_inputs([item], ".")]
+        else:
+            videos += find_videos([item])
+    if args.manifest:
+        from ..scale.manifest import read_manifest
+
+        videos += [v for v, _ in read_manifest(args.manifest, ".")]
+    seen: set[str] = set()
+    keys: dict[str, str] = {}
+    unique = []
+    for v in videos:
+        a = v if is_uri(v) else os.path.abspath(v)
+        if a in seen:
+            continue
+        seen.add(a)
+        k = label_key(v)
+        if k in keys:
+            raise ValueError(f"inputs: {keys[k]!r} and {v!r} share the label key {k!r} (the last three path "
+                             f"components, by which the official trainer matches videos); rename one")
+        keys[k] = v
+        unique.append(v)
+    return unique
+
+
+def existing_labels(args) -> dict:
+    """The label file to resume (empty when there is none)."""
+    from .labels import read_labels
+
+    if not (os.path.exists(args.out) and os.path.getsize(args.out) > 0):
+        return {}
+    try:
+        return read_labels(args.out, clip_len=args.clip_len, allow_empty=True)
+    except ValueError as e:
+        raise ValueError(f"{e}\n--out: the existing label file cannot be resumed; fix it, or give another "
+                         f"file") from None
+
+
+def add_record(labels: dict, done: dict, video: str, record: dict) -> None:
+    """Put a video's record into the label file (``done``: label key -> key in ``labels``). A video labelled
+    before keeps its place; one labelled before under another spelling of its path is moved to the end."""
+    from .labels import label_key
+
+    old = done.get(label_key(video))
+    if old is not None and old != video:
+        labels.pop(old, None)
+    labels[video] = record
+    done[label_key(video)] = video
 
 
 def find_videos(inputs: list[str]) -> list[str]:
@@ -97,31 +177,26 @@ def _check_label_args(args) -> None:
     if not args.out.lower().endswith(".json"):
         raise ValueError(f"--out: {args.out!r}: the label file is JSON; give a name ending in .json")
     args.out = check_output("--out", args.out)
+    if not args.ray:
+        for opt in ("address", "gpus", "cpus_per_gpu", "records", "index"):
+            if getattr(args, opt) is not None:
+                raise ValueError(f"--{opt.replace('_', '-')}: applies to --ray runs")
 
 
 def run_label(args) -> int:
     from tqdm import tqdm
 
     from ..pipeline.cli import check_device
-    from .labels import label_clips, label_key, label_processor, read_clip, read_labels, write_labels
+    from .labels import label_clips, label_key, label_processor, read_clip, write_labels
 
     _check_label_args(args)
+    if args.ray:
+        from ..scale.cli import run_label_ray
+
+        return run_label_ray(args)
     device = check_device(args.device)
-    videos = find_videos(args.inputs)
-    keys: dict[str, str] = {}
-    for v in videos:
-        k = label_key(v)
-        if k in keys:
-            raise ValueError(f"inputs: {keys[k]!r} and {v!r} share the label key {k!r} (the last three path "
-                             f"components, by which the official trainer matches videos); rename one")
-        keys[k] = v
-    labels: dict = {}
-    if os.path.exists(args.out) and os.path.getsize(args.out) > 0:
-        try:
-            labels = read_labels(args.out, clip_len=args.clip_len, allow_empty=True)
-        except ValueError as e:
-            raise ValueError(f"{e}\n--out: the existing label file cannot be resumed; fix it, or give another "
-                             f"file") from None
+    videos = label_videos(args)
+    labels = existing_labels(args)
     done = {label_key(k): k for k in labels}
     todo = [v for v in videos if args.overwrite or label_key(v) not in done]
     skipped = len(videos) - len(todo)
@@ -184,11 +259,7 @@ def run_label(args) -> int:
                         failures.append((v, f"{type(e).__name__}: {e}"))
                         bar.write(f"FAILED: {v}: {e}")
                 for (v, _), rec in zip(ok, records or []):
-                    old = done.get(label_key(v))
-                    if old is not None and old != v:
-                        labels.pop(old, None)
-                    labels[v] = rec
-                    done[label_key(v)] = v
+                    add_record(labels, done, v, rec)
                     new += 1
                     n = sum(len(f) for f in rec["gazing_pos"])
                     tokens, slots = tokens + n, slots + 265 * len(rec["gazing_pos"])
