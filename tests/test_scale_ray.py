@@ -334,6 +334,46 @@ def test_worker_attempt_limit_and_stale_staging(tmp_path):
     assert row["status"] == "ok" and w.job.runs == 1
 
 
+def test_worker_batches_until_a_worker_died(tmp_path):
+    """A job with run_many gets the videos of one call together; after a worker died on that call (a live
+    attempt counter) they go one at a time, and a failure fails only its own video."""
+    pytest.importorskip("pyarrow", reason="the index rows are Arrow tables")
+    import pyarrow as pa
+
+    class Job(runner.VideoJob):
+        suffix = ".txt"
+
+        def __init__(self):
+            self.calls = []
+
+        def run_many(self, items):
+            self.calls.append([os.path.basename(v) for v, _ in items])
+            out = []
+            for v, o in items:
+                if "bad" in v:
+                    out.append(ValueError(f"video: {v!r} is corrupt"))
+                else:
+                    Path(o).write_text(v)
+                    out.append({"clips": 1, "frames": 1, "tokens": 1})
+            return out
+
+        def completed(self, output):
+            return {"clips": 1, "frames": 1, "tokens": 1} if Path(output).exists() else None
+
+    def batch(names):
+        return pa.Table.from_pylist([{"index": i, "path": n, "output": str(tmp_path / (n + ".txt")), "status": "todo",
+                                      "attempts": 0} for i, n in enumerate(names)])
+
+    w = runner._Worker(Job(), 1, False, 3, cuda=False)
+    rows = w(batch(["a", "bad", "c"])).to_pylist()
+    assert w.job.calls == [["a", "bad", "c"]] and [r["status"] for r in rows] == ["ok", "failed", "ok"]
+    assert "is corrupt" in rows[1]["error"]
+    Path(runner._attempts_file(str(tmp_path / "e.txt"))).write_text("1")
+    rows = w(batch(["d", "e", "f"])).to_pylist()
+    assert w.job.calls[1:] == [["d"], ["e"], ["f"]] and rows[1]["attempts"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "c.txt", "d.txt", "e.txt", "f.txt"]
+
+
 def test_manifests(tmp_path):
     v = tmp_path / "v"
     (v / "x").mkdir(parents=True)
