@@ -8,8 +8,8 @@
 from .clips import split_clips
 from .config import AutoGazeConfig
 from .model import AutoGaze, GazeOutput, GazeState, exact_fp32
-from ._ops_patches import gather_patches, multiscale_patches, multiscale_pos_table
-from ._ops_preprocess import preprocess
+from .ops.patches import gather_patches, multiscale_patches, multiscale_pos_table
+from .ops.preprocess import preprocess
 from .pipeline import EncodeResult, Encoder, VideoFeatures, encode_video, load_features
 from .processor import AutoGazeImageProcessor, AutoGazeProcessor
 from .vit import GazedFeatures, GazedViT, accelerate

@@ -454,7 +454,7 @@ def _version() -> str:
     import torch
 
     from . import __version__
-    from ._ops import HAS_CUDA_KERNELS, HAS_EXTENSION
+    from .ops import HAS_CUDA_KERNELS, HAS_EXTENSION
 
     ops = "CPU + CUDA kernels" if HAS_CUDA_KERNELS else "CPU kernels" if HAS_EXTENSION else \
         "not built: PyTorch reference ops"

@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from ._ops import _as_list
+from .ops._common import as_list
 from .model.masks import gazing_masks, positions_from_masks
 from .model.output import GazeOutput
 
@@ -179,7 +179,7 @@ class GreedyGazer:
         if isinstance(gazing_ratio, numbers.Real) and not isinstance(gazing_ratio, bool):  # numpy scalars too
             ratios = [float(gazing_ratio)] * T
         elif isinstance(gazing_ratio, (list, tuple)) or hasattr(gazing_ratio, "tolist"):
-            ratios = [float(r) for r in _as_list(gazing_ratio)]
+            ratios = [float(r) for r in as_list(gazing_ratio)]
         else:
             raise TypeError(f"gazing_ratio: expected a number or a list of numbers, got {type(gazing_ratio).__name__}")
         if len(ratios) != T:

@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import card_name, graph_ms, median, peak_mib, save_json, time_ms  # noqa: E402
 from vit_layouts import fixture_gaze, kept_per_frame, real_counts  # noqa: E402
 
-from autogaze_ext._ops_vit import (MODES, _has_cuda_kernel, _torch_varlen, token_key_ranges,  # noqa: E402
+from autogaze_ext.ops import has_kernel  # noqa: E402
+from autogaze_ext.ops.varlen import (MODES, _torch_varlen, token_key_ranges,  # noqa: E402
                                    varlen_attention)
 from autogaze_ext.vit.reference import dense_mask  # noqa: E402
 
@@ -73,7 +74,7 @@ def main() -> None:
     if args.quick:
         args.batches, args.fractions, args.heads, args.frames, args.reps = [1, 2], [0.25], 2, 4, 2
     H, d = args.heads, args.head_dim
-    backend = ("compiled CUDA kernel" if dev.type == "cuda" and _has_cuda_kernel() else
+    backend = ("compiled CUDA kernel" if dev.type == "cuda" and has_kernel("varlen_attention", "cuda") else
                "torch varlen FlashAttention / SDPA per video" if dev.type == "cuda" else "CPU kernel")
     card = card_name()
     print(f"card: {card}; torch {torch.__version__}; {dtype}; heads {H} x head_dim {d}; varlen_attention: {backend}")

@@ -31,10 +31,10 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import card_name, median, peak_mib, save_json, time_ms  # noqa: E402
 
-from autogaze_ext import _ops  # noqa: E402
-from autogaze_ext._ops_patches import (NATIVE_SCALES, gather_patches, multiscale_patches,  # noqa: E402
+from autogaze_ext.ops import _common as _ops  # noqa: E402
+from autogaze_ext.ops.patches import (NATIVE_SCALES, gather_patches, multiscale_patches,  # noqa: E402
                                        multiscale_patches_reference, multiscale_pos_table, patch_grids)
-from autogaze_ext._ops_preprocess import preprocess  # noqa: E402
+from autogaze_ext.ops.preprocess import preprocess  # noqa: E402
 from autogaze_ext.processor import AutoGazeImageProcessor  # noqa: E402
 
 V, P, T = 265, 16, 16

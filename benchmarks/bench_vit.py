@@ -25,7 +25,7 @@ from common import card_name, median, peak_mib, save_json, time_ms  # noqa: E402
 from vit_layouts import fixture_gaze, random_finest_gaze  # noqa: E402
 
 import autogaze_ext as ag  # noqa: E402
-from autogaze_ext._ops_vit import _has_cuda_kernel  # noqa: E402
+from autogaze_ext.ops import has_kernel  # noqa: E402
 from autogaze_ext.vit.graphs import capture  # noqa: E402
 from autogaze_ext.vit.reference import dense_forward  # noqa: E402
 
@@ -65,8 +65,8 @@ def main() -> None:
     vit = ag.accelerate(model, scales=(32, 64, 112, 224))
     # with a compiled CUDA kernel, also time the same model on torch's attention kernels
     vit_torch = (ag.accelerate(model, scales=(32, 64, 112, 224), attention_backend="torch")
-                 if dev.type == "cuda" and _has_cuda_kernel() else None)
-    attn = ("compiled CUDA kernel" if dev.type == "cuda" and _has_cuda_kernel() else
+                 if dev.type == "cuda" and has_kernel("varlen_attention", "cuda") else None)
+    attn = ("compiled CUDA kernel" if dev.type == "cuda" and has_kernel("varlen_attention", "cuda") else
             "torch varlen FlashAttention" if dev.type == "cuda" else "CPU kernel")
     card = card_name()
     print(f"card: {card}; torch {torch.__version__}; {dtype}; SigLIP {cfg}; varlen_attention: {attn}")

@@ -11,7 +11,7 @@ t0=$(date +%s)
 $PY -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 grep -E '^ *autogaze_ext:' "$OUT/build.log"
 echo "build: $(( $(date +%s) - t0 ))s"
-$PY -c 'import autogaze_ext._ops as o; print(o.build_info())'
+$PY -c 'import autogaze_ext.ops as o; print(o.build_info())'
 t1=$(date +%s)
 $PY -m pytest -q -s -p no:cacheprovider -m cuda tests 2>&1 | tee "$OUT/pytest-cuda.log" | grep -E "passed|failed|FAILED|Error|µs|us\b" | tail -40
 echo "cuda tests: $(( $(date +%s) - t1 ))s"

@@ -4,14 +4,15 @@ counts of its other tiles. Usage: compute-sanitizer --tool memcheck python3 benc
 import torch
 
 import autogaze_ext as ag
-from autogaze_ext.model.fast import FastGazeRunner, _slot_budget, custom_ops_available
+from autogaze_ext.model.fast import FastGazeRunner, _slot_budget
+from autogaze_ext.ops.decoder import DecoderOps
 
 torch.manual_seed(0)
 m = ag.AutoGaze().cuda()
 with torch.no_grad():
     m.gazing_model.gaze_decoder.task_loss_prediction_head.weight.normal_(0, 0.3)
 video = torch.randn(2, 2, 3, 224, 224, device="cuda")
-print("custom ops:", custom_ops_available(torch.device("cuda")))
+print("custom ops:", DecoderOps.available(torch.device("cuda")))
 with torch.no_grad():
     vision, _ = m.gazing_model.embed_video(video)
     for graphs in (False, True):

@@ -756,7 +756,7 @@ def main(argv=None) -> int:
            "data": data, "labels": lab, "training": training, "curves": curves, "costs": costs,
            "summary": summary, "loss_curve": loss_curve, "phases_s": phases}
     try:
-        from autogaze_ext import _ops
+        from autogaze_ext.ops import _common as _ops
 
         res["compiled_cuda_kernels"] = bool(_ops.HAS_CUDA_KERNELS)
     except Exception:  # noqa: BLE001 - informational only

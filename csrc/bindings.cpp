@@ -99,7 +99,7 @@ TORCH_LIBRARY(autogaze_ext, m) {
 #undef IMPL
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "autogaze_ext compiled ops; call them through autogaze_ext._ops or torch.ops.autogaze_ext";
+  m.doc() = "autogaze_ext compiled ops; call them through autogaze_ext.ops or torch.ops.autogaze_ext";
   m.def("has_cuda", [] { return AUTOGAZE_EXT_WITH_CUDA != 0; }, "True when the CUDA kernels were compiled in");
   m.def("build_info", [] {
     pybind11::dict d;

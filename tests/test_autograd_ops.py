@@ -11,9 +11,9 @@ gradients that never reached the input, or, for decoder_layers, reached x wrongl
 import pytest
 import torch
 
-from autogaze_ext import _ops
-from autogaze_ext._ops_linear import fused_linear, fused_linear_reference
-from autogaze_ext._ops_patches import (gather_patches, gather_patches_reference, multiscale_patches,
+from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops.linear import fused_linear, fused_linear_reference
+from autogaze_ext.ops.patches import (gather_patches, gather_patches_reference, multiscale_patches,
                                        multiscale_patches_reference, multiscale_pos_table,
                                        multiscale_pos_table_reference)
 

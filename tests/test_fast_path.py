@@ -72,9 +72,10 @@ def test_fast_rejects_what_it_cannot_do():
 def _runner(model_seed: int, caps: list, video_seed: int, req=None, use_ops: bool = True):
     """A fresh FastGazeRunner (no graphs) for B=2 random clips, with its (vision, reqs) inputs; the runner's
     class knobs as the caller left them. Skips when use_ops is set and the compiled decoder ops are not built."""
-    from autogaze_ext.model.fast import FastGazeRunner, _slot_budget, custom_ops_available
+    from autogaze_ext.model.fast import FastGazeRunner, _slot_budget
+    from autogaze_ext.ops.decoder import DecoderOps
 
-    if use_ops and not custom_ops_available(torch.device("cpu")):
+    if use_ops and not DecoderOps.available(torch.device("cpu")):
         pytest.skip("compiled decoder ops not built")
     m = _model(model_seed)
     B, T = 2, len(caps)

@@ -318,7 +318,7 @@ else:
     m.build_info = lambda: {{"torch_version": "1.99.0"}}
     m.has_cuda = lambda: False
     sys.modules["autogaze_ext._C"] = m
-import autogaze_ext, autogaze_ext._ops as o, autogaze_ext.cli
+import autogaze_ext, autogaze_ext.ops as o, autogaze_ext.cli
 assert not o.HAS_EXTENSION
 """
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)

@@ -8,9 +8,9 @@ for (tol = 1e-5); an element-wise relative error would blow up where o_i happens
 import pytest
 import torch
 
-from autogaze_ext import _ops
+from autogaze_ext.ops import _common as _ops
 from conftest import capture_graph, cuda_us_per_call, on_side_stream, poison_cuda_cache
-from autogaze_ext import _ops_attention as A
+from autogaze_ext.ops import attention as A
 
 op = torch.ops.autogaze_ext.cache_attention if _ops.HAS_EXTENSION else None
 needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from autogaze_ext import _ops
-from autogaze_ext import _ops_decoder as Dm
+from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops import decoder as Dm
 from conftest import capture_graph, cuda_us_per_call, poison_cuda_cache
 
 op = torch.ops.autogaze_ext.decoder_layers if _ops.HAS_EXTENSION else None

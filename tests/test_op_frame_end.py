@@ -5,7 +5,7 @@ import torch
 
 from conftest import capture_graph, clone_state
 
-from autogaze_ext import _ops, _ops_frame
+from autogaze_ext.ops import _common as _ops, frame as _ops_frame
 
 op = torch.ops.autogaze_ext.frame_end if _ops.HAS_EXTENSION else None
 needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")

@@ -7,8 +7,9 @@ import torch
 
 from conftest import capture_graph, on_side_stream, poison_cuda_cache
 
-from autogaze_ext import _ops
-from autogaze_ext._ops_linear import MAX_K, fused_linear, fused_linear_reference
+from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops._common import FUSED_LINEAR_MAX_K as MAX_K
+from autogaze_ext.ops.linear import fused_linear, fused_linear_reference
 
 op = torch.ops.autogaze_ext.fused_linear if _ops.HAS_EXTENSION else None
 needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")

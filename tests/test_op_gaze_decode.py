@@ -5,7 +5,7 @@ import torch
 
 from conftest import capture_graph, on_side_stream, poison_cuda_cache
 
-from autogaze_ext import _ops
+from autogaze_ext.ops import _common as _ops, gaze
 
 NATIVE = [2, 4, 7, 14]  # V = 265
 TARGET = [4, 8, 14, 28]  # V = 1060
@@ -40,7 +40,7 @@ def test_extension_loaded():
 def test_matches_reference(seed, B, T, grids):
     pos, pad = make_inputs(seed, B, 40 * T + 3, T, grids)
     mask, coords = op(pos, pad, T, grids)
-    ref_mask, ref_coords = _ops.gaze_decode_reference(pos, pad, T, grids)
+    ref_mask, ref_coords = gaze.gaze_decode_reference(pos, pad, T, grids)
     V = sum(s * s for s in grids)
     assert mask.shape == (B, T, V) and mask.dtype == torch.float32
     assert coords.shape == (B, pos.shape[1], 4) and coords.dtype == torch.int32
@@ -51,7 +51,7 @@ def test_matches_reference(seed, B, T, grids):
         assert mask[b].sum().item() == pos[b][~pad[b]].unique().numel()
     assert (coords[pad] == -1).all() and (coords[~pad] >= 0).all()
     # the wrapper (validating) agrees
-    w_mask, w_coords = _ops.gaze_decode(pos, pad, T, grids)
+    w_mask, w_coords = gaze.gaze_decode(pos, pad, T, grids)
     assert torch.equal(w_mask, mask) and torch.equal(w_coords, coords)
 
 
@@ -80,7 +80,7 @@ def test_edge_sizes(B):
     frame = (torch.randperm(265) + 265).expand(B, 265).contiguous()  # every token of frame 1
     mask, coords = op(frame, torch.zeros_like(frame, dtype=torch.bool), 2, NATIVE)
     assert mask[:, 1].eq(1).all() and not mask[:, 0].any()
-    ref = _ops.gaze_decode_reference(frame, torch.zeros_like(frame, dtype=torch.bool), 2, NATIVE)
+    ref = gaze.gaze_decode_reference(frame, torch.zeros_like(frame, dtype=torch.bool), 2, NATIVE)
     assert torch.equal(coords, ref[1])
 
     pos, _ = make_inputs(5, B, 30, 2, NATIVE)
@@ -94,7 +94,7 @@ def test_non_contiguous_inputs():
     pos_t, pad_t = pos.t(), pad.t()
     assert not pos_t.is_contiguous()
     got = op(pos_t, pad_t, 4, NATIVE)
-    ref = _ops.gaze_decode_reference(pos_t.contiguous(), pad_t.contiguous(), 4, NATIVE)
+    ref = gaze.gaze_decode_reference(pos_t.contiguous(), pad_t.contiguous(), 4, NATIVE)
     assert all(torch.equal(a, b) for a, b in zip(got, ref))
 
 
@@ -102,8 +102,8 @@ def test_non_contiguous_inputs():
 def test_invalid_ids_skipped_without_validation():
     pos = torch.tensor([[-5, 0, 265 * 2, 2**62, 264]])
     pad = torch.zeros_like(pos, dtype=torch.bool)
-    mask, coords = _ops.gaze_decode(pos, pad, 1, NATIVE, validate=False)
-    ref = _ops.gaze_decode_reference(pos, pad, 1, NATIVE)
+    mask, coords = gaze.gaze_decode(pos, pad, 1, NATIVE, validate=False)
+    ref = gaze.gaze_decode_reference(pos, pad, 1, NATIVE)
     assert torch.equal(mask, ref[0]) and torch.equal(coords, ref[1])
     assert mask.sum().item() == 2 and coords[0, [0, 2, 3]].eq(-1).all()
 
@@ -111,10 +111,10 @@ def test_invalid_ids_skipped_without_validation():
 def test_validation_names_gazing_pos():
     pad = torch.tensor([[False, True]])
     with pytest.raises(ValueError, match="gazing_pos.*265"):
-        _ops.gaze_decode(torch.tensor([[265, 0]]), pad, 1, NATIVE)
+        gaze.gaze_decode(torch.tensor([[265, 0]]), pad, 1, NATIVE)
     with pytest.raises(ValueError, match="gazing_pos.*-1"):
-        _ops.gaze_decode(torch.tensor([[-1, 0]]), pad, 1, NATIVE)
-    _ops.gaze_decode(torch.tensor([[0, 10**9]]), pad, 1, NATIVE)  # garbage only in a padded slot: fine
+        gaze.gaze_decode(torch.tensor([[-1, 0]]), pad, 1, NATIVE)
+    gaze.gaze_decode(torch.tensor([[0, 10**9]]), pad, 1, NATIVE)  # garbage only in a padded slot: fine
 
 
 @pytest.mark.parametrize("args, exc, match", [
@@ -134,7 +134,7 @@ def test_validation_names_gazing_pos():
 def test_bad_arguments(args, exc, match):
     args = tuple(torch.zeros(1, 2, dtype=torch.bool) if isinstance(a, str) else a for a in args)
     with pytest.raises(exc, match=match):
-        _ops.gaze_decode(*args)
+        gaze.gaze_decode(*args)
 
 
 @needs_ext
@@ -151,17 +151,17 @@ def test_op_checks_its_own_arguments():
 
 def test_split_gaze_mask():
     pos, pad = make_inputs(3, 2, 50, 3, TARGET)
-    mask, _ = _ops.gaze_decode(pos, pad, 3, TARGET)
-    parts = _ops.split_gaze_mask(mask, TARGET)
+    mask, _ = gaze.gaze_decode(pos, pad, 3, TARGET)
+    parts = gaze.split_gaze_mask(mask, TARGET)
     assert [p.shape for p in parts] == [(2, 3, g * g) for g in TARGET]
     assert torch.equal(torch.cat(parts, -1), mask)
 
 
 def test_fallback_without_extension(monkeypatch):
     pos, pad = make_inputs(4, 2, 60, 2, NATIVE)
-    expected = _ops.gaze_decode(pos, pad, 2, NATIVE)
+    expected = gaze.gaze_decode(pos, pad, 2, NATIVE)
     monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
-    got = _ops.gaze_decode(pos, pad, 2, NATIVE)
+    got = gaze.gaze_decode(pos, pad, 2, NATIVE)
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
 
@@ -182,7 +182,7 @@ def test_fake_and_compile():
     assert m.shape == (2, 4, 265) and m.dtype == torch.float32
     assert c.shape == (2, 20, 4) and c.dtype == torch.int32
 
-    fn = torch.compile(lambda p, q: _ops.gaze_decode(p, q, 4, NATIVE, validate=False),
+    fn = torch.compile(lambda p, q: gaze.gaze_decode(p, q, 4, NATIVE, validate=False),
                        backend="aot_eager", fullgraph=True)
     got, ref = fn(pos, pad), op(pos, pad, 4, NATIVE)
     assert all(torch.equal(a, b) for a, b in zip(got, ref))
@@ -195,7 +195,7 @@ def test_fake_and_compile():
 
 def _cuda_vs_cpu(pos, pad, T, grids):
     poison_cuda_cache()
-    got = _ops.gaze_decode(pos.cuda(), pad.cuda(), T, grids, validate=False)
+    got = gaze.gaze_decode(pos.cuda(), pad.cuda(), T, grids, validate=False)
     ref = op(pos, pad, T, grids)
     for a, b in zip(got, ref):
         assert a.is_cuda and a.dtype == b.dtype and torch.equal(a.cpu(), b)

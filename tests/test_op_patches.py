@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autogaze_ext import _ops
-from autogaze_ext._ops_patches import (NATIVE_SCALES, gather_patches, gather_patches_reference, multiscale_patches,
+from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops.patches import (NATIVE_SCALES, gather_patches, gather_patches_reference, multiscale_patches,
                                        multiscale_patches_reference, multiscale_pos_table,
                                        multiscale_pos_table_reference, patch_grids)
 
@@ -602,7 +602,7 @@ def test_cuda_opcheck_stream_and_graph():
 
 
 def test_pos_table_gradients_are_the_reference_gradients():
-    from autogaze_ext._ops_patches import multiscale_pos_table, multiscale_pos_table_reference
+    from autogaze_ext.ops.patches import multiscale_pos_table, multiscale_pos_table_reference
 
     g = torch.Generator().manual_seed(5)
     pos = torch.randn(196, 8, generator=g)

@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autogaze_ext import _ops
-from autogaze_ext._ops_preprocess import preprocess, preprocess_reference
+from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops.preprocess import preprocess, preprocess_reference
 from autogaze_ext.processor import AutoGazeImageProcessor
 from conftest import capture_graph, case_input, data_dir, fixture_dir, on_side_stream, run_case, poison_cuda_cache
 

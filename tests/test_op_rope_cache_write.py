@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from autogaze_ext import _ops
+from autogaze_ext.ops import _common as _ops
 from conftest import capture_graph, cuda_us_per_call, poison_cuda_cache
-from autogaze_ext import _ops_attention as A
+from autogaze_ext.ops import attention as A
 
 op = torch.ops.autogaze_ext.rope_cache_write if _ops.HAS_EXTENSION else None
 needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")

@@ -8,7 +8,7 @@ import torch
 
 from conftest import capture_graph, clone_state, cuda_us_per_call, on_side_stream, poison_cuda_cache
 
-from autogaze_ext import _ops, _ops_select
+from autogaze_ext.ops import _common as _ops, select as _ops_select
 
 op = torch.ops.autogaze_ext.select_step if _ops.HAS_EXTENSION else None
 needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from autogaze_ext import _ops, _ops_vit
-from autogaze_ext._ops_vit import MODES, _torch_varlen_plan, varlen_attention, varlen_attention_reference
+from autogaze_ext.ops import _common as _ops, varlen as _ops_vit
+from autogaze_ext.ops.varlen import MODES, _torch_varlen_plan, varlen_attention, varlen_attention_reference
 from conftest import capture_graph
 
 op = torch.ops.autogaze_ext.varlen_attention if _ops.HAS_EXTENSION else None
@@ -217,7 +217,7 @@ def test_torch_varlen_plan():
     # how each mode maps onto torch's FlashAttention varlen call (host-side planning, no GPU needed)
     q = torch.empty(0, 1, 64, dtype=torch.float16)
     videos, frames = [0, 5, 5, 12], [0, 2, 5, 5, 5, 9, 12]
-    if _ops._ops_vit._torch_varlen() is None:
+    if _ops_vit._torch_varlen() is None:
         pytest.skip("torch.nn.attention.varlen missing in this torch")
     assert _torch_varlen_plan(q, videos, frames, "bidirectional", 0) == (videos, videos, 7, 7, False, None)
     assert _torch_varlen_plan(q, videos, frames, "causal", 1)[4] is True
@@ -324,7 +324,7 @@ def test_fake_and_compile():
 
 
 # the CUDA paths: torch's kernels always, the compiled kernel when this build has one
-CUDA_BACKENDS = ["torch"] + (["compiled"] if _ops_vit._has_cuda_kernel() else [])
+CUDA_BACKENDS = ["torch"] + (["compiled"] if _ops.has_kernel("varlen_attention", "cuda") else [])
 
 
 @pytest.mark.cuda
@@ -362,7 +362,7 @@ def test_cuda_edge_layouts_and_long(backend):
 
 
 def _cuda_kernel_ready():
-    if not _ops_vit._has_cuda_kernel():
+    if not _ops.has_kernel("varlen_attention", "cuda"):
         pytest.skip("this build has no varlen_attention CUDA kernel")
 
 
@@ -523,7 +523,7 @@ def test_cuda_kernel_timing_print():
 
 def test_torch_varlen_kwargs_follow_the_installed_signature(monkeypatch):
     """Older torch varlen_attn (no window_size / seqused_k): plans that need them fall back to SDPA."""
-    import autogaze_ext._ops_vit as mod
+    import autogaze_ext.ops.varlen as mod
 
     def old(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, *, return_aux=None, scale=None, is_causal=False):
         raise AssertionError("not called here")

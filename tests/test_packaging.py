@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import autogaze_ext
-from autogaze_ext import _ops
+from autogaze_ext.ops import _common as _ops
 from conftest import REPO
 
 MINOR = re.match(r"\d+\.\d+", torch.__version__)[0]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import autogaze_ext as ag
-from autogaze_ext._ops_vit import MODES
+from autogaze_ext.ops.varlen import MODES
 from autogaze_ext.vit import gazed_patches, pack_gaze
 from autogaze_ext.vit.reference import dense_forward
 
@@ -382,9 +382,9 @@ def test_cuda_graphs_need_cuda(transformers):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("family", ["siglip", "timm"])
 def test_cuda_graphed_block_stack_matches_eager(transformers, family):
-    from autogaze_ext._ops_vit import _has_cuda_kernel
+    from autogaze_ext.ops import has_kernel
 
-    if not _has_cuda_kernel():
+    if not has_kernel("varlen_attention", "cuda"):
         pytest.skip("graphs need the compiled varlen_attention kernel")
     if family == "timm":
         model = tiny_timm(pytest.importorskip("timm", reason=TIMM_SKIP), 21, reg_tokens=1).cuda()

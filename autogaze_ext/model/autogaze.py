@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._ops import _as_list, _check_bool, _check_float, _check_int
+from ..ops._common import as_list, check_bool, check_float, check_int
+from ..ops.decoder import DecoderOps
 from ..config import AutoGazeConfig
 from ..hub import CHECKPOINT_PATTERNS, describe_pretrained, resolve_pretrained
 from . import checkpoint
 from .decoder import GazeDecoder
 from .encoder import Connector, ShallowVideoConvNet
-from .fast import FastGazeRunner, _slot_budget, custom_ops_available
+from .fast import FastGazeRunner, _slot_budget
 from .generation import DecodeState, Sampler, decode_frame
 from .masks import gazing_masks, positions_from_masks
 from .output import TARGET_SCALE_DELETED, GazeOutput
@@ -83,7 +84,7 @@ def _as_float_list(name: str, value, length: int | None) -> list[float] | None:
         return None
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().reshape(-1) if value.ndim else value.detach().cpu()
-    value = _as_list(value)  # tensors and numpy arrays / scalars
+    value = as_list(value)  # tensors and numpy arrays / scalars
     if _is_number(value):
         return [float(value)] * (length or 1)
     if isinstance(value, (list, tuple)):
@@ -359,7 +360,7 @@ class AutoGaze(nn.Module):
         # pure-PyTorch form only at small batch (benchmarks/RESULTS.md)
         use_fast = backend == "fast" or (
             backend == "auto" and fast_ok and video.is_cuda
-            and (custom_ops_available(video.device) or B <= self.FAST_AUTO_MAX_BATCH))
+            and (DecoderOps.available(video.device) or B <= self.FAST_AUTO_MAX_BATCH))
 
         nonfinite = None
         if check_finite:
@@ -370,7 +371,7 @@ class AutoGaze(nn.Module):
         ctx = _tf32(precision == "tf32") if video.is_cuda else contextlib.nullcontext()
         with ctx:
             if adapt:
-                scales = [int(t) for t in _as_list(target_scales)]
+                scales = [int(t) for t in as_list(target_scales)]
                 out = self._generate_adapted(video, caps, task_loss_requirement, scales, int(target_patch_size),
                                              sampler, cached, use_fast, precision)
             else:
@@ -388,13 +389,13 @@ class AutoGaze(nn.Module):
                              margins, check_finite):
         """Types and ranges of generate's keyword arguments; returns (temperature, top_k, generator)."""
         for name, value in (("return_state", return_state), ("cached", cached), ("check_finite", check_finite)):
-            _check_bool(value, name)
+            check_bool(value, name)
         if do_sample is not None:
-            _check_bool(do_sample, "do_sample")
-        temperature = _check_float(temperature, "temperature")
+            check_bool(do_sample, "do_sample")
+        temperature = check_float(temperature, "temperature")
         if do_sample and temperature <= 0:
             raise ValueError(f"temperature: must be > 0 when sampling, got {temperature}")
-        top_k = None if top_k is None else _check_int(top_k, "top_k", 0)
+        top_k = None if top_k is None else check_int(top_k, "top_k", 0)
         if state is not None and not isinstance(state, GazeState):
             raise TypeError(f"state: expected the GazeState returned by generate(..., return_state=True), got "
                             f"{type(state).__name__}")
@@ -403,7 +404,7 @@ class AutoGaze(nn.Module):
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
         if seed is not None:
-            seed = _check_int(seed, "seed", -(1 << 63))
+            seed = check_int(seed, "seed", -(1 << 63))
             if seed >= 1 << 64:
                 raise ValueError(f"seed: must be below 2**64, got {seed}")
             generator = generator or torch.Generator().manual_seed(seed)
@@ -496,12 +497,12 @@ class AutoGaze(nn.Module):
             if (target_scales is None) != (target_patch_size is None):
                 raise ValueError("target_scales and target_patch_size: give both or neither")
             return False
-        ts = _as_list(target_scales)
+        ts = as_list(target_scales)
         expected = f"target_scales: expected {len(self.scales)} ascending positive ints, got {target_scales!r}"
         if not isinstance(ts, (list, tuple)) or len(ts) != len(self.scales):
             raise ValueError(expected)
-        p = _check_int(target_patch_size, "target_patch_size", 1)
-        ts = [_check_int(s, f"target_scales[{i}]", p) for i, s in enumerate(ts)]  # >= one patch
+        p = check_int(target_patch_size, "target_patch_size", 1)
+        ts = [check_int(s, f"target_scales[{i}]", p) for i, s in enumerate(ts)]  # >= one patch
         if ts != sorted(ts):
             raise ValueError(expected)
         return not (ts == self.scales and [(s // p) ** 2 for s in ts] == self.config.num_tokens_each_scale)
@@ -558,7 +559,7 @@ class AutoGaze(nn.Module):
         float32 and differentiable w.r.t. the weights (grad mode permitting): ``log_action_probs = log(p + 1e-8)``
         with p the softmax over all 266 outputs of the slot's head (padded slots: p of EOS).
         """
-        _check_bool(check, "check")
+        check_bool(check, "check")
         video = self._check_video(video)
         B, T = video.shape[:2]
         gpos, padded, counts = gazing_tensors(gazing_info, B, T, self.num_vision_tokens_each_frame, video.device,
@@ -587,7 +588,7 @@ class AutoGaze(nn.Module):
         """
         if not isinstance(inputs, dict) or "video" not in inputs:
             raise TypeError("inputs: expected a dict with a 'video' tensor")
-        _check_bool(generate_only, "generate_only")
+        check_bool(generate_only, "generate_only")
         if past_key_values is not None and not isinstance(past_key_values, GazeState):
             raise TypeError("past_key_values: expected the state returned by a previous use_cache=True call")
         adapt = self._needs_adaptation(target_scales, target_patch_size)

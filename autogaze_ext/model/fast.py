@@ -26,30 +26,11 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .._ops_decoder import chain_layers
-from .._ops_frame import frame_begin_reference, frame_end_reference
-from .._ops_linear import fused_linear_reference
-from .._ops_select import select_step_reference
+from ..ops.decoder import DecoderOps, chain_layers
+from ..ops.linear import fused_linear_reference
 from .decoder import GazeDecoder, apply_rope, rope_cos_sin
 
 _NEG_INF = float("-inf")
-
-
-_OPS = ("fused_linear", "rope_cache_write", "cache_attention", "select_step", "decoder_layers", "frame_begin",
-        "frame_end")
-
-
-def custom_ops_available(device: torch.device) -> bool:
-    """True when the compiled decoder ops have kernels for this device type."""
-    from .. import _ops
-
-    if not _ops.HAS_EXTENSION or (device.type == "cuda" and not _ops.HAS_CUDA_KERNELS):
-        return False
-    key = "CUDA" if device.type == "cuda" else "CPU"
-    try:
-        return all(torch._C._dispatch_has_kernel_for_dispatch_key(f"autogaze_ext::{op}", key) for op in _OPS)
-    except RuntimeError:  # a module built before these ops existed
-        return False
 
 
 def _slot_budget(caps: list[int], n_vision: int, K: int) -> int:
@@ -87,8 +68,12 @@ class FastGazeRunner:
             norm_mlp=torch.stack([l.post_attention_layernorm.weight for l in layers_]))
         self.norm_eps = layers_[0].input_layernorm.eps
         self.w_heads = torch.cat([decoder.lm_head.weight, decoder.task_loss_prediction_head.weight])
-        # the compiled decoder ops (_OPS) when built for this device
-        self.use_ops = custom_ops_available(dev) if use_ops is None else use_ops
+        # the compiled decoder ops when built for this device (use_ops=None), else their references; the trunk
+        # and heads then run the compiled ops or plain PyTorch modules
+        self.ops = DecoderOps.choose(dev, use_ops)
+        self.use_ops = self.ops.compiled
+        self._forward = self._forward_ops if self.use_ops else self._forward_torch
+        self._heads = self._heads_ops if self.use_ops else self._heads_torch
         # precision="tf32": the big-batch prefills' attention on TF32 tensor cores (their cuBLAS projections
         # follow torch's TF32 flag, set by the caller)
         self.tf32 = bool(tf32)
@@ -132,13 +117,6 @@ class FastGazeRunner:
             self._capture()
 
     # ------------------------------------------------------------------ decoder trunk
-    def _forward(self, x: torch.Tensor, positions: torch.Tensor, start: torch.Tensor) -> torch.Tensor:
-        """Feed x (B, n, D) into slots start..start+n (validity already written); -> the last token's
-        hidden state before the final norm (B, D)."""
-        if self.use_ops:
-            return self._forward_ops(x, positions, start)
-        return self._forward_torch(x, positions, start)
-
     # Rows above which cuBLAS beats the fused SIMT kernel (measured on an H100: M=52000, K=192, N=576
     # takes 928 µs fused vs ~360 µs for F.linear plus the separate norm); decode steps stay fused.
     FUSED_LINEAR_MAX_ROWS = 2048
@@ -148,7 +126,7 @@ class FastGazeRunner:
         RMSNorm in front (at 13184 rows on an H100 the qkv projection takes 137 µs, against 199 µs with the
         norm as fused_linear_reference writes it, five elementwise kernels)."""
         if x.shape[0] <= self.FUSED_LINEAR_MAX_ROWS:
-            return torch.ops.autogaze_ext.fused_linear(x, weight, norm_weight, eps, residual, swiglu)
+            return self.ops.fused_linear(x, weight, norm_weight, eps, residual, swiglu)
         if norm_weight is not None:
             x = F.rms_norm(x, (x.shape[-1],), norm_weight, eps)
         return fused_linear_reference(x, weight, None, eps, residual, swiglu)
@@ -161,8 +139,10 @@ class FastGazeRunner:
     # (decoder_layers' last_only); False runs them for every token, for A/B timing.
     LAST_TOKEN_ONLY = True
 
+    # _forward(x, positions, start), one of the two below: feed x (B, n, D) into slots start..start+n (validity
+    # already written); -> the last token's hidden state before the final norm (B, D).
     def _forward_ops(self, x, positions, start):
-        ops = torch.ops.autogaze_ext
+        ops = self.ops
         B, n, _ = x.shape
         st = self.stacked
         args = (x.contiguous(), positions.contiguous(), self.dec.inv_freq, self.kc, self.vc, self.kvalid, start,
@@ -176,14 +156,16 @@ class FastGazeRunner:
                              attention=functools.partial(ops.cache_attention, tf32=self.tf32))
         return h[:, -1]
 
-    def _heads(self, h: torch.Tensor):
-        """Final norm + multi-token head + loss head: (B, D) -> logits (B, K, vocab), losses (B, K)."""
+    # _heads(h), one of the two below: final norm + multi-token head + loss head: (B, D) -> logits (B, K, vocab),
+    # losses (B, K).
+    def _heads_ops(self, h: torch.Tensor):
         B = h.shape[0]
-        if self.use_ops:
-            norm = self.dec.model.norm
-            out = torch.ops.autogaze_ext.fused_linear(h.contiguous(), self.w_heads, norm.weight, norm.eps, None, False)
-            split = self.K * self.vocab
-            return out[:, :split].view(B, self.K, self.vocab), out[:, split:]
+        norm = self.dec.model.norm
+        out = self.ops.fused_linear(h.contiguous(), self.w_heads, norm.weight, norm.eps, None, False)
+        split = self.K * self.vocab
+        return out[:, :split].view(B, self.K, self.vocab), out[:, split:]
+
+    def _heads_torch(self, h: torch.Tensor):
         return self.dec.heads(self.dec.model.norm(h))
 
     def _forward_torch(self, x, positions, start):
@@ -239,10 +221,10 @@ class FastGazeRunner:
     def prefill(self) -> None:
         """Feed the pending chunk (holes masked) and frame t's vision tokens; start frame t."""
         self._fork(self._reset_frame_state)  # touches nothing the layers read
-        begin = torch.ops.autogaze_ext.frame_begin if self.use_ops else frame_begin_reference
         # tail_pos: the stale positions of every in-frame step (spec §5.6)
-        x, positions = begin(self.pend, self.pend_len, self.vision, self.t, self.dec.model.embed_tokens.weight,
-                             self.seq, self.kvalid, self.count, self.tail_pos, self.eos)
+        x, positions = self.ops.frame_begin(self.pend, self.pend_len, self.vision, self.t,
+                                            self.dec.model.embed_tokens.weight, self.seq, self.kvalid, self.count,
+                                            self.tail_pos, self.eos)
         self.h.copy_(self._forward(x, positions, self.seq))
         self.seq.add_(self.P)
         self.frame_start.copy_(self.seq)
@@ -286,9 +268,8 @@ class FastGazeRunner:
         so afterwards no row is unfinished and step() would feed nothing (its layers would run for results
         that are discarded). The chunk is fed with the next frame's prefill."""
         logits, loss_pred = self._heads(self.h)
-        select = torch.ops.autogaze_ext.select_step if self.use_ops else select_step_reference
-        return select(logits.contiguous(), loss_pred.contiguous(), self.cap, self.req, self.has_req,
-                      self.banned, self.unfinished, self.fids, self.n, self.first, self.active)
+        return self.ops.select_step(logits.contiguous(), loss_pred.contiguous(), self.cap, self.req, self.has_req,
+                                    self.banned, self.unfinished, self.fids, self.n, self.first, self.active)
 
     def _feed(self, chunk: torch.Tensor, feed: torch.Tensor) -> None:
         """Feed the chunk back with the frame's stale positions (every fed slot is visible inside
@@ -303,9 +284,8 @@ class FastGazeRunner:
 
     def end_frame(self) -> None:
         """Mask the frame's fed pads for later frames, keep its last chunk pending, store ids (frame_end)."""
-        end = torch.ops.autogaze_ext.frame_end if self.use_ops else frame_end_reference
-        end(self.fids, self.n, self.frame_start, self.t, self.kvalid, self.count, self.pend, self.pend_len,
-            self.out_ids, self.out_n, self.eos)
+        self.ops.frame_end(self.fids, self.n, self.frame_start, self.t, self.kvalid, self.count, self.pend,
+                           self.pend_len, self.out_ids, self.out_n, self.eos)
         self.t.add_(1)
 
     def reset(self) -> None:

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import torch
 
+from ..ops.gaze import gaze_decode, split_gaze_mask
+
 
 def gazing_masks(gazing_pos: torch.Tensor, if_padded: torch.Tensor, num_frames: int, grids: list[int]) -> list:
-    """Per-scale 0/1 float masks (B, T, g_s**2) of the gazed ids; padded slots are ignored."""
-    from .. import _ops  # compiled op when built, PyTorch otherwise
-
-    mask, _ = _ops.gaze_decode(gazing_pos, if_padded, num_frames, list(grids), validate=False)
-    return _ops.split_gaze_mask(mask, grids)
+    """Per-scale 0/1 float masks (B, T, g_s**2) of the gazed ids; padded slots are ignored (the compiled op when built, PyTorch otherwise)."""
+    mask, _ = gaze_decode(gazing_pos, if_padded, num_frames, list(grids), validate=False)
+    return split_gaze_mask(mask, grids)
 
 
 def positions_from_masks(mask: torch.Tensor):

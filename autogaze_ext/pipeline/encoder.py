@@ -33,6 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..ops.preprocess import preprocess
 from ..video import TILE, TileGeometry, canvas_config, canvas_to_tiles, pad_canvas
 from .decode import Clip, ClipReader
 from .features import FeatureWriter, is_complete
@@ -400,8 +401,6 @@ class _Run:
     # ----------------------------------------------------------------------------------- stages
     def _tiles(self, clip: Clip) -> tuple[torch.Tensor, torch.Tensor]:
         """A clip's tiles for the gazer and for the ViT, (tiles, T, 3, 224, 224) float32 on the device."""
-        from .._ops_preprocess import preprocess
-
         enc, geom = self.enc, self.geom
         if enc.cuda:
             copy, _ = enc._streams

@@ -11,7 +11,7 @@ import contextlib
 import torch
 from torch import nn
 
-from .._ops_vit import varlen_attention
+from ..ops.varlen import varlen_attention
 
 
 class PackedAttention:

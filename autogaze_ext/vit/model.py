@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .._ops_vit import BACKENDS, MODES, _has_cuda_kernel
+from ..ops._common import has_kernel
+from ..ops.varlen import BACKENDS, MODES
 from .adapters import Adapter, PackedAttention, make_adapter
 from .graphs import BlockGraphs
 from .tokens import PackedGaze, check_scales, pack_gaze, packed_patches, scale_position_table, tokens_per_frame
@@ -72,7 +73,7 @@ class GazedViT(nn.Module):
         and no autograd; None picks them whenever that holds and the call has at most GRAPH_MAX_ROWS rows."""
         if self.cuda_graphs is False or (self.cuda_graphs is None and x.shape[0] > self.GRAPH_MAX_ROWS):
             return False
-        able = (x.is_cuda and self.attention_backend in ("auto", "compiled") and _has_cuda_kernel()
+        able = (x.is_cuda and self.attention_backend in ("auto", "compiled") and has_kernel("varlen_attention", "cuda")
                 and not (torch.is_grad_enabled() and any(p.requires_grad for p in self.model.parameters()))
                 and not torch.cuda.is_current_stream_capturing())
         if self.cuda_graphs and not able:

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..ops._common import MAX_GRID, MAX_PATCH, MAX_SCALES, has_kernel
+from ..ops.patches import gather_patches, multiscale_pos_table
+
 
 def check_scales(scales, patch_size: int) -> tuple[int, ...]:
     if isinstance(scales, (str, bytes)) or not isinstance(scales, Sequence) or not scales:
@@ -153,11 +156,8 @@ def gazed_patches(video: torch.Tensor, flat_ids: torch.Tensor, scales: Sequence[
 
 def gather_supported(scales: Sequence[int], patch_size: int, video: torch.Tensor) -> bool:
     """Whether the compiled gather_patches op serves this layout for this video's device."""
-    from .. import _ops_patches as P
-    from .._ops import _use_compiled
-
-    return (_use_compiled(video) and len(scales) <= P.MAX_SCALES and patch_size <= P.MAX_PATCH
-            and all(s // patch_size <= P.MAX_GRID for s in scales))
+    return (has_kernel("gather_patches", video.device) and len(scales) <= MAX_SCALES and patch_size <= MAX_PATCH
+            and all(s // patch_size <= MAX_GRID for s in scales))
 
 
 def packed_patches(video: torch.Tensor, packed: PackedGaze, scales: Sequence[int], patch_size: int) -> torch.Tensor:
@@ -166,8 +166,6 @@ def packed_patches(video: torch.Tensor, packed: PackedGaze, scales: Sequence[int
     With the compiled gather_patches op, only the gazed patches are sampled, straight from the frames (float32
     arithmetic whatever the video's dtype); otherwise gazed_patches builds the pyramids in PyTorch."""
     if gather_supported(scales, patch_size, video):
-        from .._ops_patches import gather_patches
-
         n = packed.flat_ids.shape[0]
         out, _ = gather_patches(video.float().contiguous(), packed.gazing_pos, packed.dropped, scales, patch_size,
                                 total=n, validate=False)
@@ -181,8 +179,6 @@ def scale_position_table(grid: torch.Tensor, scales: Sequence[int], patch_size: 
     where it already has that size), as the official AutoGaze SigLIP does. Square grids go through
     multiscale_pos_table (the compiled op, float32); a non-square grid (timm with a non-square image size)
     is resized here."""
-    from .._ops_patches import multiscale_pos_table
-
     gh, gw, D = grid.shape
     if gh == gw:
         return multiscale_pos_table(grid.reshape(gh * gw, D), [s // patch_size for s in scales])

@@ -12,8 +12,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from autogaze_ext import _ops, _ops_attention as A, _ops_decoder as DL, _ops_frame as FR, _ops_linear as LI
-from autogaze_ext import _ops_patches as PA, _ops_preprocess as PP, _ops_select as SE, _ops_vit as VT
+from autogaze_ext.ops import attention as A, gaze as GD, decoder as DL, frame as FR, linear as LI
+from autogaze_ext.ops import patches as PA, preprocess as PP, select as SE, varlen as VT
 
 from .case import Case
 
@@ -155,7 +155,7 @@ def op_specs(device="cpu") -> dict[str, OpSpec]:
     device = torch.device(device)
     specs = [
         OpSpec("gaze_decode", _gaze_decode_args,
-               lambda a: _ops.gaze_decode(a["gazing_pos"], a["if_padded"], a["num_frames"], a["grids"]),
+               lambda a: GD.gaze_decode(a["gazing_pos"], a["if_padded"], a["num_frames"], a["grids"]),
                scalars=[("num_frames", v, "both") for v in BAD_INT] + [("grids", v, "both") for v in BAD_GRIDS],
                numpy_ok=[("num_frames", np.int64(2)), ("grids", np.array([1, 2]))]),
         OpSpec("fused_linear", lambda dev: _to(dict(

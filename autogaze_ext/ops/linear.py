@@ -8,10 +8,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _ops
-from ._ops import _check_bool, _check_float, _check_same_device, _check_tensor, _use_compiled
+from ._common import (FUSED_LINEAR_MAX_K, HAS_EXTENSION, check_bool, check_float, check_same_device, check_tensor,
+                      has_kernel, register_reference_autograd)
 
-MAX_K = 1024  # kFusedLinearMaxK in csrc/cuda/fused_linear.h
 
 
 def fused_linear_reference(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tensor | None, eps: float,
@@ -30,17 +29,17 @@ def fused_linear_reference(x: torch.Tensor, weight: torch.Tensor, norm_weight: t
 
 def _check_fused_linear_args(x, weight, norm_weight, eps, residual, swiglu) -> int:
     """Checks the wrapper's arguments; returns the number of output columns."""
-    _check_tensor(x, "x", torch.float32)
-    _check_tensor(weight, "weight", torch.float32)
-    _check_bool(swiglu, "swiglu")
+    check_tensor(x, "x", torch.float32)
+    check_tensor(weight, "weight", torch.float32)
+    check_bool(swiglu, "swiglu")
     # eps is only read by the RMSNorm prologue, where it must keep rsqrt finite
-    if _check_float(eps, "eps", minimum=0.0) == 0 and norm_weight is not None:
+    if check_float(eps, "eps", minimum=0.0) == 0 and norm_weight is not None:
         raise ValueError("eps must be > 0 with norm_weight (RMSNorm of a zero row would be NaN), got 0.0")
     if x.dim() < 1:
         raise ValueError("x must be (..., K), got a 0-d tensor")
     K = x.shape[-1]
-    if not 1 <= K <= MAX_K:
-        raise ValueError(f"x must be (..., K) with 1 <= K <= {MAX_K}, got shape {tuple(x.shape)}")
+    if not 1 <= K <= FUSED_LINEAR_MAX_K:
+        raise ValueError(f"x must be (..., K) with 1 <= K <= {FUSED_LINEAR_MAX_K}, got shape {tuple(x.shape)}")
     if weight.dim() != 2 or weight.shape[1] != K or weight.shape[0] < 1:
         raise ValueError(f"weight must be (N, {K}) with N >= 1, got shape {tuple(weight.shape)}")
     N = weight.shape[0]
@@ -49,12 +48,12 @@ def _check_fused_linear_args(x, weight, norm_weight, eps, residual, swiglu) -> i
     n_out = N // 2 if swiglu else N
     named = [("x", x), ("weight", weight)]
     if norm_weight is not None:
-        _check_tensor(norm_weight, "norm_weight", torch.float32)
+        check_tensor(norm_weight, "norm_weight", torch.float32)
         if norm_weight.shape != (K,):
             raise ValueError(f"norm_weight must be ({K},), got shape {tuple(norm_weight.shape)}")
         named.append(("norm_weight", norm_weight))
     if residual is not None:
-        _check_tensor(residual, "residual", torch.float32)
+        check_tensor(residual, "residual", torch.float32)
         want = (*x.shape[:-1], n_out)
         if residual.shape != want:
             raise ValueError(f"residual must have the output's shape {want}, got {tuple(residual.shape)}")
@@ -77,7 +76,7 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tenso
     Returns a new (..., N or N/2) float32 tensor.
     """
     n_out = _check_fused_linear_args(x, weight, norm_weight, eps, residual, swiglu)
-    if not _use_compiled(x):
+    if not has_kernel("fused_linear", x.device):
         return fused_linear_reference(x, weight, norm_weight, float(eps), residual, swiglu)
     lead = x.shape[:-1]
     x2 = x.view(-1, x.shape[-1])
@@ -86,11 +85,11 @@ def fused_linear(x: torch.Tensor, weight: torch.Tensor, norm_weight: torch.Tenso
     return out.view(*lead, n_out)
 
 
-if _ops.HAS_EXTENSION:
+if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::fused_linear")
     def _fused_linear_fake(x, weight, norm_weight, eps, residual, swiglu):
-        _check_same_device("x", x, weight=weight, norm_weight=norm_weight, residual=residual)  # meta among real
+        check_same_device("x", x, weight=weight, norm_weight=norm_weight, residual=residual)  # meta among real
         torch._check(x.dim() == 2 and weight.dim() == 2, lambda: "fused_linear: x and weight must be 2-D")
         torch._check(x.dtype == torch.float32 and weight.dtype == torch.float32,
                      lambda: "fused_linear: x and weight must be float32")
@@ -99,5 +98,5 @@ if _ops.HAS_EXTENSION:
         return x.new_empty((x.shape[0], n))
 
     # Differentiable (a building block users may train with): x, weight, norm_weight and residual get gradients.
-    _ops._register_reference_autograd("fused_linear", fused_linear_reference,
+    register_reference_autograd("fused_linear", fused_linear_reference,
                                       ["x", "weight", "norm_weight", "residual"])

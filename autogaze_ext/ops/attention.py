@@ -13,16 +13,14 @@ import math
 
 import torch
 
-from . import _ops
-from ._ops import (HAS_EXTENSION, _check_bool, _check_int, _check_no_grad, _check_same_device, _check_tensor,
-                   _check_written_apart, _use_compiled)
+from ._common import (HAS_EXTENSION, MAX_HEAD_DIM, check_bool, check_int, check_no_grad, check_same_device,
+                      check_tensor, check_written_apart, has_kernel, register_inference_only)
 
-MAX_HEAD_DIM = 256
 _START_BOUND = 1 << 40  # any start beyond +-2^40 behaves like the bound; keeps start + i from overflowing
 
 
 def _check_start(start) -> None:
-    _check_tensor(start, "start", torch.int64)
+    check_tensor(start, "start", torch.int64)
     if start.numel() != 1:
         raise ValueError(f"start must hold one element (the first cache slot), got shape {tuple(start.shape)}")
 
@@ -32,12 +30,12 @@ def _check_start(start) -> None:
 
 def _check_rope_cache_write_args(qkv, positions, inv_freq, k_cache, v_cache, start, num_heads,
                                  num_kv_heads) -> int:
-    H = _check_int(num_heads, "num_heads", 1)
-    KVH = _check_int(num_kv_heads, "num_kv_heads", 1)
+    H = check_int(num_heads, "num_heads", 1)
+    KVH = check_int(num_kv_heads, "num_kv_heads", 1)
     for name, t, dt in [("qkv", qkv, torch.float32), ("positions", positions, torch.int64),
                         ("inv_freq", inv_freq, torch.float32), ("k_cache", k_cache, torch.float32),
                         ("v_cache", v_cache, torch.float32)]:
-        _check_tensor(t, name, dt)
+        check_tensor(t, name, dt)
     _check_start(start)
     if qkv.dim() != 3:
         raise ValueError(f"qkv must be (B, n, (H + 2*KVH) * d), got shape {tuple(qkv.shape)}")
@@ -58,11 +56,11 @@ def _check_rope_cache_write_args(qkv, positions, inv_freq, k_cache, v_cache, sta
             raise ValueError(f"{name} must be contiguous (it is written in place)")
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must match k_cache {tuple(k_cache.shape)}")
-    _check_same_device("qkv", qkv, positions=positions, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache,
+    check_same_device("qkv", qkv, positions=positions, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache,
                        start=start)
-    _check_written_apart("rope_cache_write", {"k_cache": k_cache, "v_cache": v_cache},
+    check_written_apart("rope_cache_write", {"k_cache": k_cache, "v_cache": v_cache},
                          {"qkv": qkv, "positions": positions, "inv_freq": inv_freq, "start": start})
-    _check_no_grad("rope_cache_write", qkv=qkv, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache)
+    check_no_grad("rope_cache_write", qkv=qkv, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache)
     return d
 
 
@@ -114,7 +112,7 @@ def rope_cache_write(qkv: torch.Tensor, positions: torch.Tensor, inv_freq: torch
     float32(position) * inv_freq, as in decoder.py. Returns the rotated q, (B, H, n, d) contiguous.
     """
     _check_rope_cache_write_args(qkv, positions, inv_freq, k_cache, v_cache, start, num_heads, num_kv_heads)
-    if _use_compiled(qkv):
+    if has_kernel("rope_cache_write", qkv.device):
         return torch.ops.autogaze_ext.rope_cache_write(qkv, positions, inv_freq, k_cache, v_cache, start,
                                                        num_heads, num_kv_heads)
     return rope_cache_write_reference(qkv, positions, inv_freq, k_cache, v_cache, start, num_heads, num_kv_heads)
@@ -126,7 +124,7 @@ def rope_cache_write(qkv: torch.Tensor, positions: torch.Tensor, inv_freq: torch
 def _check_cache_attention_args(q, k_cache, v_cache, key_valid, start) -> None:
     for name, t, dt in [("q", q, torch.float32), ("k_cache", k_cache, torch.float32),
                         ("v_cache", v_cache, torch.float32), ("key_valid", key_valid, torch.bool)]:
-        _check_tensor(t, name, dt)
+        check_tensor(t, name, dt)
     _check_start(start)
     if q.dim() != 4:
         raise ValueError(f"q must be (B, H, n, d), got shape {tuple(q.shape)}")
@@ -142,8 +140,8 @@ def _check_cache_attention_args(q, k_cache, v_cache, key_valid, start) -> None:
         raise ValueError(f"q heads ({H}) must be a multiple of k_cache heads ({KVH})")
     if key_valid.shape != (B, L):
         raise ValueError(f"key_valid must be (B, L) = {(B, L)}, got shape {tuple(key_valid.shape)}")
-    _check_same_device("q", q, k_cache=k_cache, v_cache=v_cache, key_valid=key_valid, start=start)
-    _check_no_grad("cache_attention", q=q, k_cache=k_cache, v_cache=v_cache)
+    check_same_device("q", q, k_cache=k_cache, v_cache=v_cache, key_valid=key_valid, start=start)
+    check_no_grad("cache_attention", q=q, k_cache=k_cache, v_cache=v_cache)
 
 
 def attend_values(p: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -200,8 +198,8 @@ def cache_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     relative of fp32); everything else, and the CPU, computes in fp32.
     """
     _check_cache_attention_args(q, k_cache, v_cache, key_valid, start)
-    _check_bool(tf32, "tf32")
-    if _use_compiled(q):
+    check_bool(tf32, "tf32")
+    if has_kernel("cache_attention", q.device):
         return torch.ops.autogaze_ext.cache_attention(q, k_cache, v_cache, key_valid, start, tf32)
     return cache_attention_reference(q, k_cache, v_cache, key_valid, start)
 
@@ -210,16 +208,16 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::rope_cache_write")
     def _rope_cache_write_fake(qkv, positions, inv_freq, k_cache, v_cache, start, num_heads, num_kv_heads):
-        _check_same_device("qkv", qkv, positions=positions, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache,
+        check_same_device("qkv", qkv, positions=positions, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache,
                            start=start)  # a meta argument among real ones
         B, n, width = qkv.shape
         return qkv.new_empty((B, num_heads, n, width // (num_heads + 2 * num_kv_heads)))
 
     @torch.library.register_fake("autogaze_ext::cache_attention")
     def _cache_attention_fake(q, k_cache, v_cache, key_valid, start, tf32=False):
-        _check_same_device("q", q, k_cache=k_cache, v_cache=v_cache, key_valid=key_valid, start=start)
+        check_same_device("q", q, k_cache=k_cache, v_cache=v_cache, key_valid=key_valid, start=start)
         return q.new_empty(q.shape)
 
     # Inference ops: they write a KV cache in place / read one, and nothing trains through them.
-    _ops._register_inference_only("rope_cache_write")
-    _ops._register_inference_only("cache_attention")
+    register_inference_only("rope_cache_write")
+    register_inference_only("cache_attention")

@@ -11,9 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import _ops
-from ._ops import (HAS_EXTENSION, _check_int, _check_no_grad, _check_same_device, _check_tensor, _check_written_apart,
-                   _use_compiled)
+from ._common import (HAS_EXTENSION, check_int, check_no_grad, check_same_device, check_tensor, check_written_apart,
+                      has_kernel, register_inference_only)
 
 
 def frame_begin_reference(pend: torch.Tensor, pend_len: torch.Tensor, vision: torch.Tensor, t: torch.Tensor,
@@ -36,17 +35,17 @@ def frame_begin_reference(pend: torch.Tensor, pend_len: torch.Tensor, vision: to
 
 def _check_frame_begin_args(pend, pend_len, vision, t, embed_weight, start, key_valid, count, tail_pos,
                             eos) -> None:
-    _check_tensor(pend, "pend", torch.int64)
+    check_tensor(pend, "pend", torch.int64)
     if pend.dim() != 2 or not 1 <= pend.shape[1] <= 1024:
         raise ValueError(f"pend must be (B, K) with 1 <= K <= 1024, got shape {tuple(pend.shape)}")
     B, K = pend.shape
-    _check_int(eos, "eos", 0)
+    check_int(eos, "eos", 0)
     args = {"pend_len": (pend_len, torch.int64), "vision": (vision, torch.float32), "t": (t, torch.int64),
             "embed_weight": (embed_weight, torch.float32), "start": (start, torch.int64),
             "key_valid": (key_valid, torch.bool), "count": (count, torch.int64), "tail_pos": (tail_pos, torch.int64)}
     for name, (x, dtype) in args.items():
-        _check_tensor(x, name, dtype)
-    _check_same_device("pend", pend, **{name: x for name, (x, _) in args.items()})
+        check_tensor(x, name, dtype)
+    check_same_device("pend", pend, **{name: x for name, (x, _) in args.items()})
     for name in ("pend_len", "t", "start"):
         if args[name][0].numel() != 1:
             raise ValueError(f"{name} must hold one element, got shape {tuple(args[name][0].shape)}")
@@ -66,12 +65,12 @@ def _check_frame_begin_args(pend, pend_len, vision, t, embed_weight, start, key_
         if not args[name][0].is_contiguous():
             raise ValueError(f"{name} is updated in place and must be contiguous")
     _check_in_place("frame_begin", {"pend": (pend, None), **args}, ("key_valid", "count", "tail_pos"))
-    _check_no_grad("frame_begin", vision=vision, embed_weight=embed_weight)
+    check_no_grad("frame_begin", vision=vision, embed_weight=embed_weight)
 
 
 def _check_in_place(op: str, args: dict, written: tuple[str, ...]) -> None:
     """frame_begin / frame_end: the tensors written in place apart from each other and from the ones read."""
-    _check_written_apart(op, {name: args[name][0] for name in written},
+    check_written_apart(op, {name: args[name][0] for name in written},
                          {name: t for name, (t, _) in args.items() if name not in written})
 
 
@@ -90,7 +89,7 @@ def frame_begin(pend: torch.Tensor, pend_len: torch.Tensor, vision: torch.Tensor
     are never read on the host: CUDA-graph capturable.
     """
     _check_frame_begin_args(pend, pend_len, vision, t, embed_weight, start, key_valid, count, tail_pos, eos)
-    if _use_compiled(pend):
+    if has_kernel("frame_begin", pend.device):
         return torch.ops.autogaze_ext.frame_begin(pend, pend_len, vision, t, embed_weight, start, key_valid, count,
                                                   tail_pos, eos)
     return frame_begin_reference(pend, pend_len, vision, t, embed_weight, start, key_valid, count, tail_pos, eos)
@@ -122,17 +121,17 @@ def frame_end_reference(fids: torch.Tensor, n: torch.Tensor, frame_start: torch.
 
 
 def _check_frame_end_args(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n, eos) -> None:
-    _check_tensor(fids, "fids", torch.int64)
+    check_tensor(fids, "fids", torch.int64)
     if fids.dim() != 2 or fids.shape[1] < 1:
         raise ValueError(f"fids must be (B, W) with W >= 1, got shape {tuple(fids.shape)}")
     B, W = fids.shape
-    _check_int(eos, "eos", 0)
+    check_int(eos, "eos", 0)
     args = {"n": (n, torch.int64), "frame_start": (frame_start, torch.int64), "t": (t, torch.int64),
             "key_valid": (key_valid, torch.bool), "count": (count, torch.int64), "pend": (pend, torch.int64),
             "pend_len": (pend_len, torch.int64), "out_ids": (out_ids, torch.int64), "out_n": (out_n, torch.int64)}
     for name, (x, dtype) in args.items():
-        _check_tensor(x, name, dtype)
-    _check_same_device("fids", fids, **{name: x for name, (x, _) in args.items()})
+        check_tensor(x, name, dtype)
+    check_same_device("fids", fids, **{name: x for name, (x, _) in args.items()})
     for name in ("n", "frame_start", "t", "pend_len"):
         if args[name][0].numel() != 1:
             raise ValueError(f"{name} must hold one element, got shape {tuple(args[name][0].shape)}")
@@ -167,7 +166,7 @@ def frame_end(fids: torch.Tensor, n: torch.Tensor, frame_start: torch.Tensor, t:
     [0, T) are skipped. n, frame_start and t are never read on the host: CUDA-graph capturable.
     """
     _check_frame_end_args(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n, eos)
-    if _use_compiled(fids):
+    if has_kernel("frame_end", fids.device):
         torch.ops.autogaze_ext.frame_end(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids,
                                          out_n, eos)
     else:
@@ -178,7 +177,7 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::frame_begin")
     def _frame_begin_fake(pend, pend_len, vision, t, embed_weight, start, key_valid, count, tail_pos, eos):
-        _check_same_device("pend", pend, pend_len=pend_len, vision=vision, t=t, embed_weight=embed_weight,
+        check_same_device("pend", pend, pend_len=pend_len, vision=vision, t=t, embed_weight=embed_weight,
                            start=start, key_valid=key_valid, count=count, tail_pos=tail_pos)  # meta among real
         B, K = pend.shape
         P = K + vision.shape[2]
@@ -186,10 +185,10 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::frame_end")
     def _frame_end_fake(fids, n, frame_start, t, key_valid, count, pend, pend_len, out_ids, out_n, eos):
-        _check_same_device("fids", fids, n=n, frame_start=frame_start, t=t, key_valid=key_valid, count=count,
+        check_same_device("fids", fids, n=n, frame_start=frame_start, t=t, key_valid=key_valid, count=count,
                            pend=pend, pend_len=pend_len, out_ids=out_ids, out_n=out_n)  # meta among real
         return None
 
     # Inference ops: decoding bookkeeping, updated in place.
-    _ops._register_inference_only("frame_begin")
-    _ops._register_inference_only("frame_end")
+    register_inference_only("frame_begin")
+    register_inference_only("frame_end")

@@ -1,4 +1,5 @@
-"""Python face of the compiled ops (torch.ops.autogaze_ext.*).
+"""What every op module shares: the compiled extension handle, whether a kernel exists, the limits of the
+kernels, the argument checks and the autograd registration.
 
 Each op gets: argument checks with clear errors, a fake (meta) kernel so torch.compile and CUDA graphs
 can trace it, and a pure-PyTorch reference used when the compiled module, or the backend a tensor
@@ -11,7 +12,9 @@ import math
 import numbers
 import operator
 import re
+import warnings
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 
@@ -19,7 +22,7 @@ EXTENSION_IMPORT_ERROR: ImportError | None = None
 _REBUILD = ("rebuild it against this torch: pip install --no-build-isolation -e . (from the source folder; "
             "README \"Building\")")
 try:
-    from . import _C
+    from .. import _C
 except ModuleNotFoundError as _err:  # not built
     _C = None
     EXTENSION_IMPORT_ERROR = ImportError(f"autogaze_ext._C is not built (running torch {torch.__version__}); "
@@ -42,14 +45,20 @@ else:
             f"requires) or {_REBUILD}")
         _C = None
 if EXTENSION_IMPORT_ERROR is not None:  # once per process: this module body runs once
-    import warnings
-
     warnings.warn(f"{EXTENSION_IMPORT_ERROR}. Until then every op runs its PyTorch reference (same results, "
                   f"several times slower; HAS_EXTENSION is False).", RuntimeWarning)
 
 HAS_EXTENSION = _C is not None
 HAS_CUDA_KERNELS = HAS_EXTENSION and bool(_C.has_cuda())
+
+# Limits of the compiled kernels. _C exports none of them (bindings.cpp exposes has_cuda and build_info only),
+# so each is kept once here, beside the C++ constant it mirrors; the op modules check arguments against these.
 MAX_SCALES = 8  # kMaxScales in csrc/common/gaze_layout.h
+MAX_PATCH = 64  # kMaxPatch in csrc/ops.h
+MAX_SIDE = 1 << 20  # make_patch_layout in csrc/ops.h: largest scale side (also preprocess' sides)
+MAX_GRID = 46340  # check_grids in csrc/ops.h: tokens per frame stay in int32
+MAX_HEAD_DIM = 256  # head_dim bound of varlen_attention, rope_cache_write and cache_attention (csrc/ops.h)
+FUSED_LINEAR_MAX_K = 1024  # kFusedLinearMaxK in csrc/cuda/fused_linear.h
 
 
 def build_info() -> dict:
@@ -57,34 +66,48 @@ def build_info() -> dict:
     return dict(_C.build_info()) if HAS_EXTENSION else {}
 
 
-def _use_compiled(t: torch.Tensor) -> bool:
+@lru_cache(maxsize=None)
+def _registered(op_name: str, key: str) -> bool:
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(f"autogaze_ext::{op_name}", key)
+    except RuntimeError:  # a module built before this op existed
+        return False
+
+
+def has_kernel(op_name: str, device: torch.device | str) -> bool:
+    """Whether torch.ops.autogaze_ext.<op_name> has a compiled kernel for tensors on ``device`` (meta: its
+    fake kernel). The one test every wrapper and the fast decoder use to choose between op and reference;
+    HAS_EXTENSION is read at each call, so tests can switch the extension off."""
     if not HAS_EXTENSION:
         return False
-    if t.device.type == "cuda":
-        return HAS_CUDA_KERNELS
-    return t.device.type in ("cpu", "meta")
+    kind = torch.device(device).type
+    if kind == "meta":
+        return True
+    if kind == "cuda" and not HAS_CUDA_KERNELS:
+        return False
+    return kind in ("cpu", "cuda") and _registered(op_name, kind.upper())
 
 
-def _check_tensor(x, name: str, dtype: torch.dtype) -> None:
+def check_tensor(x, name: str, dtype: torch.dtype) -> None:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype != dtype:
         raise TypeError(f"{name} must have dtype {dtype}, got {x.dtype}")
 
 
-def _check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+def check_same_device(ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
     for name, t in others.items():
         if t is not None and t.device != ref.device:
             raise ValueError(f"{name} is on {t.device} but {ref_name} on {ref.device}")
 
 
-def _check_bool(x, name: str) -> bool:
+def check_bool(x, name: str) -> bool:
     if not isinstance(x, bool):
         raise TypeError(f"{name} must be a bool, got {type(x).__name__}")
     return x
 
 
-def _check_int(x, name: str, minimum: int) -> int:
+def check_int(x, name: str, minimum: int) -> int:
     if isinstance(x, bool):
         raise TypeError(f"{name} must be an int, got bool")
     try:
@@ -96,7 +119,7 @@ def _check_int(x, name: str, minimum: int) -> int:
     return x
 
 
-def _check_float(x, name: str, *, positive: bool = False, minimum: float | None = None) -> float:
+def check_float(x, name: str, *, positive: bool = False, minimum: float | None = None) -> float:
     """A finite real number (numpy scalars too, not bool), > 0 when positive, >= minimum when given."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a float, got {type(x).__name__}")
@@ -107,21 +130,21 @@ def _check_float(x, name: str, *, positive: bool = False, minimum: float | None 
     return x
 
 
-def _as_list(x):
+def as_list(x):
     """Tensors and numpy arrays as Python lists (sequence arguments may come as either)."""
     return x.tolist() if hasattr(x, "tolist") and not isinstance(x, (list, tuple, str)) else x
 
 
-def _check_grids(grids) -> tuple[int, ...]:
-    grids = _as_list(grids)
+def check_grids(grids) -> tuple[int, ...]:
+    grids = as_list(grids)
     if not isinstance(grids, Sequence):
         raise TypeError(f"grids must be a sequence of ints (grid side per scale), got {type(grids).__name__}")
     if not 1 <= len(grids) <= MAX_SCALES:
         raise ValueError(f"grids must hold 1 to {MAX_SCALES} grid sides, got {len(grids)}")
-    return tuple(_check_int(g, f"grids[{i}]", 1) for i, g in enumerate(grids))
+    return tuple(check_int(g, f"grids[{i}]", 1) for i, g in enumerate(grids))
 
 
-def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two tensors view overlapping bytes (strides are never negative in torch). Fake and meta tensors
     have no memory, and non-tensors are left to the type checks: False."""
     if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a.numel() == 0 or b.numel() == 0 \
@@ -137,13 +160,13 @@ def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a0 < b1 and b0 < a1
 
 
-def _check_written_apart(op: str, written: dict, read: dict) -> None:
+def check_written_apart(op: str, written: dict, read: dict) -> None:
     """Tensors an op writes in place must not share memory with any other of its tensors (the result would
     depend on the order the kernel reads and writes them). The compiled ops check the same in C++."""
     items = list(written.items())
     for i, (name, w) in enumerate(items):
         for other, t in items[i + 1:] + [(k, v) for k, v in read.items() if v is not None]:
-            if _shares_memory(w, t):
+            if shares_memory(w, t):
                 raise ValueError(f"{op}: {name} and {other} share memory; {name} is written in place and needs a "
                                  "buffer of its own")
 
@@ -155,7 +178,7 @@ def _check_written_apart(op: str, written: dict, read: dict) -> None:
 # the wrappers; the check reads requires_grad flags only (no sync; free inside CUDA graphs and torch.compile).
 
 
-def _check_no_grad(op: str, **tensors) -> None:
+def check_no_grad(op: str, **tensors) -> None:
     if torch.is_grad_enabled():
         for name, t in tensors.items():
             if isinstance(t, torch.Tensor) and t.requires_grad:
@@ -171,21 +194,21 @@ def _arg_names(name: str) -> list[str]:
     return [a.name for a in getattr(torch.ops.autogaze_ext, name).default._schema.arguments]
 
 
-def _register_inference_only(name: str) -> None:
-    """The Autograd kernel of an op without a gradient: _check_no_grad, then the backend kernel."""
+def register_inference_only(name: str) -> None:
+    """The Autograd kernel of an op without a gradient: check_no_grad, then the backend kernel."""
     op = getattr(torch.ops.autogaze_ext, name).default
     names = _arg_names(name)
 
     def autograd_kernel(keyset, *args, **kwargs):
         if torch.is_grad_enabled() and torch._C._any_requires_grad(*args):  # flags only: a few C++ checks
-            _check_no_grad(name, **dict(zip(names, args)))
+            check_no_grad(name, **dict(zip(names, args)))
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args, **kwargs)
 
     _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
 
 
-def _register_reference_autograd(name: str, reference, differentiable: Sequence[str]) -> None:
+def register_reference_autograd(name: str, reference, differentiable: Sequence[str]) -> None:
     """Gradients of a forward-only op: the backward reruns the op's PyTorch reference (same arguments, same
     outputs) under autograd and differentiates it. Exact, but it recomputes the forward: made for training
     and fine-tuning, not for speed. Non-floating outputs (offsets) get no gradient."""
@@ -216,90 +239,13 @@ def _register_reference_autograd(name: str, reference, differentiable: Sequence[
 # ---------------------------------------------------------------------------------------------- gaze_decode
 
 
-def _check_gaze_ids(gazing_pos, if_padded) -> None:
+def check_gaze_ids(gazing_pos, if_padded) -> None:
     """gazing_pos (B, N) int64 with a matching bool if_padded: shared by every op that takes gaze ids."""
-    _check_tensor(gazing_pos, "gazing_pos", torch.int64)
-    _check_tensor(if_padded, "if_padded", torch.bool)
+    check_tensor(gazing_pos, "gazing_pos", torch.int64)
+    check_tensor(if_padded, "if_padded", torch.bool)
     if gazing_pos.dim() != 2:
         raise ValueError(f"gazing_pos must be (B, N), got shape {tuple(gazing_pos.shape)}")
     if if_padded.shape != gazing_pos.shape:
         raise ValueError(f"if_padded shape {tuple(if_padded.shape)} must match gazing_pos {tuple(gazing_pos.shape)}")
 
 
-def _check_gaze_decode_args(gazing_pos, if_padded, num_frames, grids) -> tuple[int, tuple[int, ...]]:
-    _check_gaze_ids(gazing_pos, if_padded)
-    if if_padded.device != gazing_pos.device:
-        raise ValueError(f"if_padded is on {if_padded.device} but gazing_pos on {gazing_pos.device}")
-    return _check_int(num_frames, "num_frames", 1), _check_grids(grids)
-
-
-def gaze_decode_reference(gazing_pos: torch.Tensor, if_padded: torch.Tensor, num_frames: int,
-                          grids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pure-PyTorch gaze_decode (no argument checks); same outputs as the kernels, invalid ids included."""
-    dev = gazing_pos.device
-    B, N = gazing_pos.shape
-    sizes = [g * g for g in grids]
-    V = sum(sizes)
-    video = num_frames * V
-    valid = ~if_padded & (gazing_pos >= 0) & (gazing_pos < video)
-    ids = torch.where(valid, gazing_pos, 0)
-    t, local = ids // V, ids % V
-    ends = torch.tensor(sizes, device=dev).cumsum(0)
-    s = torch.searchsorted(ends, local, right=True)
-    k = local - (ends - torch.tensor(sizes, device=dev))[s]
-    side = torch.tensor(list(grids), device=dev)[s]
-    coords = torch.stack([t, s, k // side, k % side], dim=-1).to(torch.int32)
-    coords = torch.where(valid.unsqueeze(-1), coords, -1)
-    # Spec §3.3: scatter into one extra column that swallows padded (and invalid) slots, then drop it.
-    flat = torch.zeros(B * video + 1, dtype=torch.float32, device=dev)
-    rows = torch.arange(B, device=dev).unsqueeze(1) * video
-    flat[torch.where(valid, ids + rows, B * video).reshape(-1)] = 1.0
-    return flat[:-1].view(B, num_frames, V), coords
-
-
-def gaze_decode(gazing_pos: torch.Tensor, if_padded: torch.Tensor, num_frames: int, grids: Sequence[int],
-                validate: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decode video-global gaze ids (spec §3.2-3.3).
-
-    gazing_pos: (B, N) int64, ids `local + V*t` with V = sum(g*g for g in grids); if_padded: (B, N) bool
-    (padded slots may hold anything); grids: grid side per scale, ascending (native AutoGaze [2, 4, 7, 14]).
-    Returns mask (B, T, V) float32 with 1.0 at every non-padded id, and coords (B, N, 4) int32 =
-    (frame, scale, row, col) per slot, -1 for padded slots.
-
-    validate=True checks that non-padded ids lie in [0, T*V) and raises ValueError otherwise; that costs
-    one device->host sync, so fast paths pass validate=False (invalid ids are then skipped: no mask
-    entry, coords -1). Validation is skipped while torch.compile traces.
-    """
-    num_frames, grids = _check_gaze_decode_args(gazing_pos, if_padded, num_frames, grids)
-    if validate and gazing_pos.device.type != "meta" and not torch.compiler.is_compiling():
-        video = num_frames * sum(g * g for g in grids)
-        bad = ~if_padded & ((gazing_pos < 0) | (gazing_pos >= video))
-        if bool(bad.any()):
-            first = int(gazing_pos[bad][0])
-            raise ValueError(f"gazing_pos holds non-padded id {first} outside [0, {video}) "
-                             f"(num_frames={num_frames} x {video // num_frames} tokens per frame)")
-    if _use_compiled(gazing_pos):
-        mask, coords = torch.ops.autogaze_ext.gaze_decode(gazing_pos, if_padded, num_frames, list(grids))
-        return mask, coords
-    return gaze_decode_reference(gazing_pos, if_padded, num_frames, grids)
-
-
-def split_gaze_mask(mask: torch.Tensor, grids: Sequence[int]) -> list[torch.Tensor]:
-    """(B, T, V) mask -> list of per-scale (B, T, g*g) views, the official `gazing_mask` layout."""
-    return list(mask.split([g * g for g in _check_grids(grids)], dim=-1))
-
-
-if HAS_EXTENSION:
-
-    @torch.library.register_fake("autogaze_ext::gaze_decode")
-    def _gaze_decode_fake(gazing_pos, if_padded, num_frames, grids):
-        _check_same_device("gazing_pos", gazing_pos, if_padded=if_padded)  # a meta argument among real ones
-        B, N = gazing_pos.shape
-        V = sum(g * g for g in grids)
-        return (gazing_pos.new_empty((B, num_frames, V), dtype=torch.float32),
-                gazing_pos.new_empty((B, N, 4), dtype=torch.int32))
-
-
-# The other ops live in their own modules; importing them registers their fake kernels.
-from . import (  # noqa: E402,F401
-    _ops_attention, _ops_decoder, _ops_frame, _ops_linear, _ops_patches, _ops_preprocess, _ops_select, _ops_vit)

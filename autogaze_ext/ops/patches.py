@@ -19,15 +19,11 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import _ops
-from ._ops import (MAX_SCALES, _as_list, _check_bool, _check_gaze_ids, _check_int, _check_same_device, _check_tensor,
-                   _use_compiled)
+from ._common import (HAS_EXTENSION, MAX_GRID, MAX_PATCH, MAX_SCALES, MAX_SIDE, as_list, check_bool, check_gaze_ids,
+                      check_grids, check_int, check_same_device, check_tensor, has_kernel, register_reference_autograd)
 
 NATIVE_SCALES = (32, 64, 112, 224)
 NATIVE_PATCH = 16
-MAX_PATCH = 64  # kMaxPatch in csrc/ops.h
-MAX_SIDE = 1 << 20
-MAX_GRID = 46340  # make_scale_layout in csrc/ops.h: tokens per frame stay in int32
 
 
 def patch_grids(scales: Sequence[int], patch: int) -> tuple[int, ...]:
@@ -36,15 +32,15 @@ def patch_grids(scales: Sequence[int], patch: int) -> tuple[int, ...]:
 
 
 def _check_layout(scales, patch) -> tuple[tuple[int, ...], int]:
-    patch = _check_int(patch, "patch", 1)
+    patch = check_int(patch, "patch", 1)
     if patch > MAX_PATCH:
         raise ValueError(f"patch must be <= {MAX_PATCH}, got {patch}")
-    scales = _as_list(scales)
+    scales = as_list(scales)
     if not isinstance(scales, Sequence) or isinstance(scales, str):
         raise TypeError(f"scales must be a sequence of ints (side per scale), got {type(scales).__name__}")
     if not 1 <= len(scales) <= MAX_SCALES:
         raise ValueError(f"scales must hold 1 to {MAX_SCALES} sizes, got {len(scales)}")
-    out = tuple(_check_int(s, f"scales[{i}]", patch) for i, s in enumerate(scales))
+    out = tuple(check_int(s, f"scales[{i}]", patch) for i, s in enumerate(scales))
     if any(s > MAX_SIDE for s in out):
         raise ValueError(f"scales must be <= {MAX_SIDE}, got {list(out)}")
     if any(s // patch > MAX_GRID for s in out):
@@ -55,7 +51,7 @@ def _check_layout(scales, patch) -> tuple[tuple[int, ...], int]:
 
 
 def _check_frames(frames, name: str, dims: int | None) -> None:
-    _check_tensor(frames, name, torch.float32)
+    check_tensor(frames, name, torch.float32)
     if dims is not None and frames.dim() != dims:
         want = "(B, T, C, H, W)" if dims == 5 else f"{dims}-d"
         raise ValueError(f"{name} must be {want}, got shape {tuple(frames.shape)}")
@@ -96,7 +92,7 @@ def multiscale_patches(frames: torch.Tensor, scales: Sequence[int] = NATIVE_SCAL
     if x.shape[0] == 0:
         V = sum(g * g for g in patch_grids(scales, patch))
         return frames.new_empty((*lead, V, C * patch * patch))
-    if _use_compiled(x):
+    if has_kernel("multiscale_patches", x.device):
         out = torch.ops.autogaze_ext.multiscale_patches(x, list(scales), patch)
     else:
         out = multiscale_patches_reference(x, scales, patch)
@@ -135,11 +131,11 @@ def multiscale_pos_table(pos_embed: torch.Tensor, grids: Sequence[int]) -> torch
     G = int(round(pos_embed.shape[0] ** 0.5))
     if G * G != pos_embed.shape[0]:
         raise ValueError(f"pos_embed must have a square number of rows (G*G), got {pos_embed.shape[0]}")
-    grids = _ops._check_grids(grids)
+    grids = check_grids(grids)
     D = pos_embed.shape[1]
     x = pos_embed.to(torch.float32).reshape(1, G, G, D).permute(0, 3, 1, 2).contiguous()
     # The table is the patch sequence of a D-channel G x G "image" with 1-pixel patches (differentiable).
-    if _use_compiled(x) and max(grids) <= MAX_GRID:
+    if has_kernel("multiscale_patches", x.device) and max(grids) <= MAX_GRID:
         table = torch.ops.autogaze_ext.multiscale_patches(x, list(grids), 1)[0]
     else:
         table = multiscale_pos_table_reference(pos_embed.to(torch.float32), grids)
@@ -154,7 +150,7 @@ def _check_gather_args(frames, gazing_pos, if_padded, scales, patch, weight, bia
     if frames.shape[1] == 0:
         raise ValueError(f"frames must hold at least one frame per video, got shape {tuple(frames.shape)}")
     scales, patch = _check_layout(scales, patch)
-    _check_gaze_ids(gazing_pos, if_padded)
+    check_gaze_ids(gazing_pos, if_padded)
     if gazing_pos.shape[0] != frames.shape[0]:
         raise ValueError(f"gazing_pos has {gazing_pos.shape[0]} rows but frames a batch of {frames.shape[0]}")
     for name, t in (("gazing_pos", gazing_pos), ("if_padded", if_padded)):
@@ -179,7 +175,7 @@ def _check_gather_args(frames, gazing_pos, if_padded, scales, patch, weight, bia
     for name, t, shape in (("bias", bias, (D,)), ("pos_table", pos_table, (V, D))):
         if t is None:
             continue
-        _check_tensor(t, name, weight.dtype)
+        check_tensor(t, name, weight.dtype)
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must be {shape}, got shape {tuple(t.shape)}")
     for name, t in (("weight", weight), ("bias", bias), ("pos_table", pos_table)):
@@ -237,7 +233,7 @@ def gather_patches(frames: torch.Tensor, gazing_pos: torch.Tensor, if_padded: to
     """
     scales, patch, weight = _check_gather_args(frames, gazing_pos, if_padded, scales, patch, weight, bias,
                                                pos_table)
-    _check_bool(packed, "packed")
+    check_bool(packed, "packed")
     B, T = frames.shape[:2]
     V = sum(g * g for g in patch_grids(scales, patch))
     eager = gazing_pos.device.type != "meta" and not torch.compiler.is_compiling()
@@ -257,15 +253,15 @@ def gather_patches(frames: torch.Tensor, gazing_pos: torch.Tensor, if_padded: to
         valid = ~if_padded & (gazing_pos >= 0) & (gazing_pos < T * V)
         packed_rows = int(valid.sum())
     else:
-        packed_rows = _check_int(total, "total", 0)
-    if _use_compiled(frames):
+        packed_rows = check_int(total, "total", 0)
+    if has_kernel("gather_patches", frames.device):
         return torch.ops.autogaze_ext.gather_patches(frames, gazing_pos, if_padded, list(scales), patch, weight,
                                                      bias, pos_table, packed_rows)
     return gather_patches_reference(frames, gazing_pos, if_padded, scales, patch, weight, bias, pos_table,
                                     packed_rows)
 
 
-if _ops.HAS_EXTENSION:
+if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::multiscale_patches")
     def _multiscale_patches_fake(frames, scales, patch):
@@ -276,7 +272,7 @@ if _ops.HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::gather_patches")
     def _gather_patches_fake(frames, gazing_pos, if_padded, scales, patch, weight, bias, pos_table, packed_rows):
-        _check_same_device("frames", frames, gazing_pos=gazing_pos, if_padded=if_padded, weight=weight, bias=bias,
+        check_same_device("frames", frames, gazing_pos=gazing_pos, if_padded=if_padded, weight=weight, bias=bias,
                            pos_table=pos_table)  # a meta argument among real ones
         torch._check(frames.dim() == 5 and gazing_pos.dim() == 2, lambda: "gather_patches: bad ranks")
         B, N = gazing_pos.shape
@@ -286,6 +282,6 @@ if _ops.HAS_EXTENSION:
         return frames.new_empty(shape, dtype=dtype), gazing_pos.new_empty((B + 1,), dtype=torch.int32)
 
     # Differentiable: the ViT these feed may be fine-tuned (frames, the patch embedding and the position table).
-    _ops._register_reference_autograd("multiscale_patches", multiscale_patches_reference, ["frames"])
-    _ops._register_reference_autograd("gather_patches", gather_patches_reference,
+    register_reference_autograd("multiscale_patches", multiscale_patches_reference, ["frames"])
+    register_reference_autograd("gather_patches", gather_patches_reference,
                                       ["frames", "weight", "bias", "pos_table"])

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from . import _ops
-from ._ops import (HAS_EXTENSION, _check_no_grad, _check_same_device, _check_tensor, _check_written_apart,
-                   _use_compiled)
+from ._common import (HAS_EXTENSION, check_no_grad, check_same_device, check_tensor, check_written_apart, has_kernel,
+                      register_inference_only)
 
 _NEG_INF = float("-inf")
 
@@ -61,7 +60,7 @@ def select_step_reference(logits: torch.Tensor, loss_pred: torch.Tensor, cap: to
 
 def _check_select_step_args(logits, loss_pred, cap, req, has_req, banned, unfinished, fids, n, first,
                             active) -> None:
-    _check_tensor(logits, "logits", torch.float32)
+    check_tensor(logits, "logits", torch.float32)
     if logits.dim() != 3:
         raise ValueError(f"logits must be (B, K, V), got shape {tuple(logits.shape)}")
     B, K, V = logits.shape
@@ -75,7 +74,7 @@ def _check_select_step_args(logits, loss_pred, cap, req, has_req, banned, unfini
             "fids": (fids, torch.int64, "fids"), "n": (n, torch.int64, None),
             "first": (first, torch.bool, None), "active": (active, torch.bool, None)}
     for name, (t, dtype, shape) in args.items():
-        _check_tensor(t, name, dtype)
+        check_tensor(t, name, dtype)
         if t.device != logits.device:
             raise ValueError(f"{name} is on {t.device} but logits on {logits.device}")
         if shape is None:
@@ -90,9 +89,9 @@ def _check_select_step_args(logits, loss_pred, cap, req, has_req, banned, unfini
         if not t.is_contiguous():
             raise ValueError(f"{name} is updated in place and must be contiguous")
     written = ("banned", "unfinished", "fids", "n", "first", "active")
-    _check_written_apart("select_step", {name: args[name][0] for name in written},
+    check_written_apart("select_step", {name: args[name][0] for name in written},
                          {"logits": logits, **{name: t for name, (t, _, _) in args.items() if name not in written}})
-    _check_no_grad("select_step", logits=logits, loss_pred=loss_pred, req=req)
+    check_no_grad("select_step", logits=logits, loss_pred=loss_pred, req=req)
 
 
 def select_step(logits: torch.Tensor, loss_pred: torch.Tensor, cap: torch.Tensor, req: torch.Tensor,
@@ -108,7 +107,7 @@ def select_step(logits: torch.Tensor, loss_pred: torch.Tensor, cap: torch.Tensor
     Returns chunk (B, K) int64, the tokens to feed back. Never syncs with the host; CUDA-graph capturable.
     """
     _check_select_step_args(logits, loss_pred, cap, req, has_req, banned, unfinished, fids, n, first, active)
-    if _use_compiled(logits):
+    if has_kernel("select_step", logits.device):
         return torch.ops.autogaze_ext.select_step(logits, loss_pred, cap, req, has_req, banned, unfinished, fids,
                                                   n, first, active)
     return select_step_reference(logits, loss_pred, cap, req, has_req, banned, unfinished, fids, n, first, active)
@@ -118,10 +117,10 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::select_step")
     def _select_step_fake(logits, loss_pred, cap, req, has_req, banned, unfinished, fids, n, first, active):
-        _check_same_device("logits", logits, loss_pred=loss_pred, cap=cap, req=req, has_req=has_req, banned=banned,
+        check_same_device("logits", logits, loss_pred=loss_pred, cap=cap, req=req, has_req=has_req, banned=banned,
                            unfinished=unfinished, fids=fids, n=n, first=first, active=active)  # meta among real
         B, K, _ = logits.shape
         return logits.new_empty((B, K), dtype=torch.int64)
 
     # An inference op (argmax selection); it updates the frame state in place.
-    _ops._register_inference_only("select_step")
+    register_inference_only("select_step")

@@ -11,31 +11,35 @@ references.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-from . import _ops
-from ._ops import (HAS_EXTENSION, _check_bool, _check_float, _check_int, _check_no_grad, _check_same_device,
-                   _check_tensor, _check_written_apart, _use_compiled)
-from ._ops_attention import (_check_cache_attention_args, _check_rope_cache_write_args, cache_attention_reference,
-                             rope_cache_write_reference)
-from ._ops_linear import fused_linear_reference
+from ._common import (HAS_EXTENSION, check_bool, check_float, check_int, check_no_grad, check_same_device,
+                      check_tensor, check_written_apart, has_kernel, register_inference_only)
+from .attention import (_check_cache_attention_args, _check_rope_cache_write_args, cache_attention_reference,
+                        rope_cache_write_reference)
+from .frame import frame_begin_reference, frame_end_reference
+from .linear import fused_linear_reference
+from .select import select_step_reference
 
 
 def _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
                                norm_attn, norm_mlp, eps, num_heads, num_kv_heads) -> None:
-    H = _check_int(num_heads, "num_heads", 1)
-    KVH = _check_int(num_kv_heads, "num_kv_heads", 1)
+    H = check_int(num_heads, "num_heads", 1)
+    KVH = check_int(num_kv_heads, "num_kv_heads", 1)
     if H % KVH:
         raise ValueError(f"num_heads ({H}) must be a multiple of num_kv_heads ({KVH})")
-    _check_float(eps, "eps", positive=True)  # the RMSNorms' epsilon
+    check_float(eps, "eps", positive=True)  # the RMSNorms' epsilon
     for name, t in [("x", x), ("w_qkv", w_qkv), ("w_o", w_o), ("w_gu", w_gu), ("w_down", w_down),
                     ("norm_attn", norm_attn), ("norm_mlp", norm_mlp)]:
-        _check_tensor(t, name, torch.float32)
+        check_tensor(t, name, torch.float32)
         if t.device != x.device:
             raise ValueError(f"{name} is on {t.device} but x on {x.device}")
     if x.dim() != 3:
         raise ValueError(f"x must be (B, n, hidden), got shape {tuple(x.shape)}")
-    _check_tensor(k_cache, "k_cache", torch.float32)
+    check_tensor(k_cache, "k_cache", torch.float32)
     if k_cache.dim() != 5:
         raise ValueError(f"k_cache must be (layers, B, KVH, L, d), got shape {tuple(k_cache.shape)}")
     layers, D, d = k_cache.shape[0], x.shape[2], k_cache.shape[4]
@@ -53,17 +57,17 @@ def _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_val
                          f"got shape {tuple(w_gu.shape)}")
     if tuple(w_down.shape) != (layers, D, w_gu.shape[1] // 2):
         raise ValueError(f"w_down must be {(layers, D, w_gu.shape[1] // 2)}, got shape {tuple(w_down.shape)}")
-    _check_tensor(v_cache, "v_cache", torch.float32)
+    check_tensor(v_cache, "v_cache", torch.float32)
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must match k_cache {tuple(k_cache.shape)}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError("k_cache and v_cache must be contiguous (they are written in place)")
     weights = {"w_qkv": w_qkv, "w_o": w_o, "w_gu": w_gu, "w_down": w_down, "norm_attn": norm_attn,
                "norm_mlp": norm_mlp}
-    _check_written_apart("decoder_layers", {"k_cache": k_cache, "v_cache": v_cache},
+    check_written_apart("decoder_layers", {"k_cache": k_cache, "v_cache": v_cache},
                          {"x": x, "positions": positions, "inv_freq": inv_freq, "key_valid": key_valid, "start": start,
                           **weights})
-    _check_no_grad("decoder_layers", x=x, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache, **weights)
+    check_no_grad("decoder_layers", x=x, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache, **weights)
     # positions, inv_freq, key_valid, start and the per-layer cache shapes: the checks of the chained ops
     B, n = x.shape[:2]
     _check_rope_cache_write_args(x.new_empty(B, n, (H + 2 * KVH) * d), positions, inv_freq, k_cache[0], v_cache[0],
@@ -125,10 +129,45 @@ def decoder_layers(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Ten
     _check_decoder_layers_args(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
                                norm_attn, norm_mlp, eps, num_heads, num_kv_heads)
     args = (x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down, norm_attn, norm_mlp,
-            float(eps), num_heads, num_kv_heads, _check_bool(last_only, "last_only"))
-    if _use_compiled(x):
+            float(eps), num_heads, num_kv_heads, check_bool(last_only, "last_only"))
+    if has_kernel("decoder_layers", x.device):
         return torch.ops.autogaze_ext.decoder_layers(*args)
     return decoder_layers_reference(*args)
+
+
+# The ops FastGazeRunner (model/fast.py) runs, in DecoderOps' field order.
+DECODER_OPS = ("fused_linear", "rope_cache_write", "cache_attention", "decoder_layers", "frame_begin", "frame_end",
+               "select_step")
+
+
+@dataclass(frozen=True)
+class DecoderOps:
+    """The fast decoder's building blocks, all compiled (torch.ops.autogaze_ext.*) or all their PyTorch
+    references; neither checks arguments. Chosen once per FastGazeRunner instead of op or reference per call."""
+
+    compiled: bool
+    fused_linear: Callable
+    rope_cache_write: Callable
+    cache_attention: Callable
+    decoder_layers: Callable
+    frame_begin: Callable
+    frame_end: Callable
+    select_step: Callable
+
+    @staticmethod
+    def available(device: torch.device | str) -> bool:
+        """Whether every decoder op has a compiled kernel for this device."""
+        return all(has_kernel(op, device) for op in DECODER_OPS)
+
+    @classmethod
+    def choose(cls, device: torch.device | str, compiled: bool | None = None) -> "DecoderOps":
+        """The compiled ops when ``compiled`` (default: when available for the device), else the references."""
+        if compiled is None:
+            compiled = cls.available(device)
+        if compiled:
+            return cls(True, *(getattr(torch.ops.autogaze_ext, op) for op in DECODER_OPS))
+        return cls(False, fused_linear_reference, rope_cache_write_reference, cache_attention_reference,
+                   decoder_layers_reference, frame_begin_reference, frame_end_reference, select_step_reference)
 
 
 if HAS_EXTENSION:
@@ -136,11 +175,11 @@ if HAS_EXTENSION:
     @torch.library.register_fake("autogaze_ext::decoder_layers")
     def _decoder_layers_fake(x, positions, inv_freq, k_cache, v_cache, key_valid, start, w_qkv, w_o, w_gu, w_down,
                              norm_attn, norm_mlp, eps, num_heads, num_kv_heads, last_only=False):
-        _check_same_device("x", x, positions=positions, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache,
+        check_same_device("x", x, positions=positions, inv_freq=inv_freq, k_cache=k_cache, v_cache=v_cache,
                            key_valid=key_valid, start=start, w_qkv=w_qkv, w_o=w_o, w_gu=w_gu, w_down=w_down,
                            norm_attn=norm_attn, norm_mlp=norm_mlp)  # a meta argument among real ones
         B, n, D = x.shape
         return x.new_empty((B, torch.sym_min(n, 1), D) if last_only else (B, n, D))
 
     # An inference op (it writes the KV caches in place); training runs the decoder modules (model/decoder.py).
-    _ops._register_inference_only("decoder_layers")
+    register_inference_only("decoder_layers")

@@ -8,15 +8,15 @@ mode fits it, else scaled_dot_product_attention per video with a boolean block m
 
 from __future__ import annotations
 
+import inspect
 
 import torch
 import torch.nn.functional as F
 
-from . import _ops
-from ._ops import HAS_EXTENSION, _check_float, _check_int, _check_same_device, _use_compiled
+from ._common import (HAS_EXTENSION, MAX_HEAD_DIM, check_float, check_int, check_same_device, has_kernel,
+                      register_reference_autograd)
 
 MODES = ("block_causal", "causal", "bidirectional", "frame_independent")
-MAX_HEAD_DIM = 256
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -53,8 +53,8 @@ def _check_varlen_attention_args(q, k, v, cu_seqlens, cu_frames, mode, scale, nu
         raise ValueError("q must be contiguous (call .contiguous() first)")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    _check_float(scale, "scale", positive=True)
-    _check_int(num_prefix, "num_prefix", 0)
+    check_float(scale, "scale", positive=True)
+    check_int(num_prefix, "num_prefix", 0)
 
 
 def _validate_offsets(cu_seqlens: torch.Tensor, cu_frames: torch.Tensor, total: int) -> None:
@@ -126,12 +126,14 @@ def varlen_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 # ------------------------------------------------------------------------------- CUDA path from torch ops
 
 
+try:  # torch's varlen FlashAttention (torch >= 2.10)
+    from torch.nn.attention.varlen import varlen_attn as _VARLEN_ATTN
+except ImportError:
+    _VARLEN_ATTN = None
+
+
 def _torch_varlen():
-    try:
-        from torch.nn.attention.varlen import varlen_attn
-    except ImportError:
-        return None
-    return varlen_attn
+    return _VARLEN_ATTN
 
 
 def _torch_varlen_plan(q, videos: list[int], frames: list[int], mode: str, num_prefix: int):
@@ -162,8 +164,6 @@ def _torch_varlen_plan(q, videos: list[int], frames: list[int], mode: str, num_p
 def _torch_varlen_kwargs(causal: bool, used, scale: float, device) -> dict | None:
     """Keyword arguments for this torch's varlen_attn, or None when it lacks one the plan needs (its
     signature changed across torch releases: torch 2.11's has no window_size/seqused_k)."""
-    import inspect
-
     params = inspect.signature(_torch_varlen()).parameters
     kw: dict = {}
     if "scale" not in params:
@@ -219,10 +219,6 @@ def _attention_torch_cuda(q, k, v, cu_seqlens, cu_frames, mode, scale, num_prefi
 # -------------------------------------------------------------------------------------------------- public
 
 
-def _has_cuda_kernel() -> bool:
-    return HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("autogaze_ext::varlen_attention", "CUDA")
-
-
 BACKENDS = ("auto", "compiled", "torch", "reference")
 
 
@@ -260,7 +256,7 @@ def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_seqle
     scale, num_prefix = float(scale), int(num_prefix)
     if validate and q.device.type != "meta" and not torch.compiler.is_compiling():
         _validate_offsets(cu_seqlens, cu_frames, q.shape[0])
-    compiled = _use_compiled(q) and (q.device.type != "cuda" or _has_cuda_kernel())
+    compiled = has_kernel("varlen_attention", q.device)
     if backend == "auto":
         backend = "compiled" if compiled else "torch" if q.device.type == "cuda" else "reference"
     if backend == "compiled":
@@ -278,11 +274,11 @@ if HAS_EXTENSION:
 
     @torch.library.register_fake("autogaze_ext::varlen_attention")
     def _varlen_attention_fake(q, k, v, cu_seqlens, cu_frames, mode, scale, num_prefix):
-        _check_same_device("q", q, k=k, v=v, cu_seqlens=cu_seqlens, cu_frames=cu_frames)  # meta among real
+        check_same_device("q", q, k=k, v=v, cu_seqlens=cu_seqlens, cu_frames=cu_frames)  # meta among real
         torch._check(q.dim() == 3 and k.shape == q.shape and v.shape == q.shape,
                      lambda: "varlen_attention: q, k, v must be (total, heads, head_dim) of one shape")
         return q.new_empty(q.shape)
 
     # Gradients for q, k, v from the PyTorch reference (the kernels are forward-only): exact, O(chunk * keys)
     # memory, but not fast.
-    _ops._register_reference_autograd("varlen_attention", varlen_attention_reference, ["q", "k", "v"])
+    register_reference_autograd("varlen_attention", varlen_attention_reference, ["q", "k", "v"])
