@@ -14,7 +14,6 @@ import operator
 import re
 import warnings
 from collections.abc import Sequence
-from functools import lru_cache
 
 import torch
 
@@ -66,12 +65,17 @@ def build_info() -> dict:
     return dict(_C.build_info()) if HAS_EXTENSION else {}
 
 
-@lru_cache(maxsize=None)
-def _registered(op_name: str, key: str) -> bool:
-    try:
-        return torch._C._dispatch_has_kernel_for_dispatch_key(f"autogaze_ext::{op_name}", key)
-    except RuntimeError:  # a module built before this op existed
-        return False
+def _kernel_table() -> frozenset:
+    """(op name, dispatch key) of every compiled CPU / CUDA kernel, read once from the dispatcher when the
+    module loads: a constant set, so torch.compile traces the lookups in has_kernel without a graph break."""
+    if not HAS_EXTENSION:
+        return frozenset()
+    names = [n for n in torch._C._dispatch_get_all_op_names() if n.startswith("autogaze_ext::")]
+    return frozenset((n.split("::", 1)[1], key) for n in names for key in ("CPU", "CUDA")
+                     if torch._C._dispatch_has_kernel_for_dispatch_key(n, key))
+
+
+_KERNELS = _kernel_table()
 
 
 def has_kernel(op_name: str, device: torch.device | str) -> bool:
@@ -85,7 +89,7 @@ def has_kernel(op_name: str, device: torch.device | str) -> bool:
         return True
     if kind == "cuda" and not HAS_CUDA_KERNELS:
         return False
-    return kind in ("cpu", "cuda") and _registered(op_name, kind.upper())
+    return (op_name, kind.upper()) in _KERNELS
 
 
 def check_tensor(x, name: str, dtype: torch.dtype) -> None:
