@@ -1,4 +1,4 @@
-"""Autograd through every compiled op (issue 17, item 1).
+"""Autograd through every compiled op.
 
 Ops used in training paths (fused_linear, multiscale_patches / multiscale_pos_table, gather_patches,
 varlen_attention) have a gradient: their backward differentiates the PyTorch reference, which is checked here

@@ -1,4 +1,4 @@
-"""The bad-input suite (issue 17): several hundred generated bad inputs over every surface we own -- each compiled op
+"""The bad-input suite: several hundred generated bad inputs over every surface we own -- each compiled op
 called directly and through its wrapper, generate (and the official call style), checkpoint / config loading,
 streaming state, split_clips and the greedy gazer -- each run in its own forked process, so that a segfault or a
 hang is a failed case, not a dead test session. Every case must be a clear error (ValueError / TypeError /
