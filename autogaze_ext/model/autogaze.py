@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import os
 import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops._common import as_list, check_bool, check_float, check_int
+from ..ops._common import check_bool
 from ..ops.decoder import DecoderOps
 from ..config import AutoGazeConfig
 from ..hub import CHECKPOINT_PATTERNS, describe_pretrained, resolve_pretrained
@@ -22,6 +21,8 @@ from .encoder import Connector, ShallowVideoConvNet
 from .fast import FastGazeRunner, _slot_budget
 from .generation import DecodeState, Sampler, decode_frame
 from .masks import gazing_masks, positions_from_masks
+from .options import (BACKENDS, PRECISIONS, GenerateOptions, check_sampling_args, check_state, check_video,
+                      frame_caps, requirement_tensor, target_geometry, tiles_per_side)
 from .output import TARGET_SCALE_DELETED, GazeOutput
 from .scoring import TeacherForcedScores, gazing_tensors, teacher_forced_scores
 
@@ -54,9 +55,6 @@ class AutoGazeModel(nn.Module):
         return self.connector(feats), new_past
 
 
-PRECISIONS = ("fp32", "tf32")
-
-
 @contextlib.contextmanager
 def _tf32(on: bool):
     """cuBLAS matmuls and cuDNN convolutions in TF32 (on) or true fp32 (off) inside the block."""
@@ -72,26 +70,6 @@ def _tf32(on: bool):
 def exact_fp32():
     """True fp32 for matmuls and cuDNN convolutions (TF32 off) inside the block."""
     return _tf32(False)
-
-
-def _is_number(v) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool)
-
-
-def _as_float_list(name: str, value, length: int | None) -> list[float] | None:
-    """A number or a sequence of numbers (Python, numpy or a 0/1-d tensor) as a list of floats."""
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().reshape(-1) if value.ndim else value.detach().cpu()
-    value = as_list(value)  # tensors and numpy arrays / scalars
-    if _is_number(value):
-        return [float(value)] * (length or 1)
-    if isinstance(value, (list, tuple)):
-        if not all(_is_number(v) for v in value):
-            raise TypeError(f"{name}: expected a number or a list of numbers, got {value!r}")
-        return [float(v) for v in value]
-    raise TypeError(f"{name}: expected a number or a list of numbers, got {type(value).__name__}")
 
 
 def _raise_if_nonfinite(flag: torch.Tensor) -> None:
@@ -132,7 +110,7 @@ _WARNED: set = set()
 def _warn_once(key, message: str) -> None:
     if key not in _WARNED:
         _WARNED.add(key)
-        warnings.warn(message, UserWarning, stacklevel=3)
+        warnings.warn(message, UserWarning, stacklevel=4)  # past _resolve_generate and generate
 
 
 class AutoGaze(nn.Module):
@@ -205,63 +183,6 @@ class AutoGaze(nn.Module):
         self.config.save_pretrained(directory)
         checkpoint.save(self, os.fspath(directory))
 
-    # --- argument handling (spec §1.2) --------------------------------------------------------
-    def _caps(self, gazing_ratio, T: int, offset: int, streaming: bool) -> list[int]:
-        ratios = _as_float_list("gazing_ratio", gazing_ratio, T)
-        if len(ratios) != T:
-            if streaming and len(ratios) >= offset + T:
-                ratios = ratios[offset: offset + T]  # a whole-stream list, indexed by frame position
-            else:
-                raise ValueError(
-                    f"gazing_ratio: expected one value or a list of {T} values (one per frame), got {len(ratios)}"
-                    + (f" (or, when streaming, at least {offset + T} values)" if streaming else "")
-                )
-        for r in ratios:
-            if not (0.0 < r <= 1.0) or math.isnan(r):
-                raise ValueError(f"gazing_ratio: each value must be in (0, 1], got {r}")
-        V = self.num_vision_tokens_each_frame
-        # the official cap: trunc(float32(ratio) * V) in float32, at least 1 (spec §5.2)
-        caps = (torch.tensor(ratios, dtype=torch.float32) * V).to(torch.long).clamp(min=1)
-        return caps.tolist()
-
-    def _requirement(self, req, B: int, T: int, offset: int, streaming: bool, device) -> torch.Tensor | None:
-        if req is None:
-            return None
-        if isinstance(req, torch.Tensor) and req.ndim == 2:
-            if req.shape != (B, T):
-                raise ValueError(f"task_loss_requirement: expected shape {(B, T)}, got {tuple(req.shape)}")
-            t = req.to(device=device, dtype=torch.float32)
-        else:
-            vals = _as_float_list("task_loss_requirement", req, T)
-            if len(vals) != T:
-                if streaming and len(vals) >= offset + T:
-                    vals = vals[offset: offset + T]
-                else:
-                    raise ValueError(f"task_loss_requirement: expected one value or {T} values, got {len(vals)}")
-            t = torch.ones(B, T, device=device) * torch.tensor(vals, dtype=torch.float32, device=device)
-        if not bool((torch.isfinite(t) & (t >= 0)).all()):
-            raise ValueError("task_loss_requirement: values must be finite and >= 0")
-        return t
-
-    def _check_video(self, video) -> torch.Tensor:
-        if isinstance(video, dict):
-            video = video.get("video")
-        if not isinstance(video, torch.Tensor):
-            raise TypeError(f"video: expected a torch.Tensor (B, T, 3, H, W), got {type(video).__name__}")
-        if not video.is_floating_point():
-            raise TypeError(
-                f"video: expected a float tensor normalised by AutoGazeImageProcessor, got dtype {video.dtype} "
-                "(run the processor on uint8 frames first)"
-            )
-        if video.ndim != 5 or video.shape[2] != 3:
-            raise ValueError(f"video: expected shape (B, T, 3, H, W), got {tuple(video.shape)}")
-        B, T, _, H, W = video.shape
-        if B < 1 or T < 1 or H < 1 or W < 1:
-            raise ValueError(f"video: every dimension must be non-empty, got {tuple(video.shape)}")
-        if video.device != self.device:
-            raise ValueError(f"video: is on {video.device} but the model is on {self.device}; move one of them")
-        return video.to(self.dtype)
-
     # --- generation ----------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
@@ -313,9 +234,22 @@ class AutoGaze(nn.Module):
         check_finite: refuse a video or weights holding NaN or Inf (ValueError). The video is checked on its
         device and the flag read where the call syncs anyway; the weights once per change of the weights.
         """
+        opts = self._resolve_generate(
+            video, gazing_ratio, task_loss_requirement, target_scales, target_patch_size, state=state,
+            return_state=return_state, cached=cached, do_sample=do_sample, temperature=temperature, top_k=top_k,
+            generator=generator, seed=seed, margins=margins, backend=backend, precision=precision,
+            check_finite=check_finite)
+        return self._run_generate(opts)
+
+    def _resolve_generate(self, video, gazing_ratio, task_loss_requirement, target_scales, target_patch_size, *,
+                          state, return_state, cached, do_sample, temperature, top_k, generator, seed, margins,
+                          backend, precision, check_finite) -> GenerateOptions:
+        """generate's arguments, checked and normalised; backend "auto" resolved. With check_finite the weights and
+        (for the reference loop, which syncs at every step anyway) the video are checked here, before the
+        requirement and the state: the order fixes which error a call with several faults raises."""
         if precision not in PRECISIONS:
             raise ValueError(f"precision: expected 'fp32' (exact) or 'tf32', got {precision!r}")
-        temperature, top_k, generator = self._check_generate_args(
+        temperature, top_k, generator = check_sampling_args(
             state=state, return_state=return_state, cached=cached, do_sample=do_sample, temperature=temperature,
             top_k=top_k, generator=generator, seed=seed, margins=margins, check_finite=check_finite)
         video = self._check_video(video)
@@ -337,8 +271,8 @@ class AutoGaze(nn.Module):
         sampler = Sampler(do_sample, temperature, self.config.decoder.top_k if top_k is None else top_k, generator,
                           margins)
 
-        adapt = self._needs_adaptation(target_scales, target_patch_size)
-        if adapt and (state is not None or return_state):
+        target = self._target_geometry(target_scales, target_patch_size)
+        if target is not None and (state is not None or return_state):
             raise ValueError("target_scales: streaming (state/return_state) is not supported with target scales")
 
         offset = 0 if state is None else state.frames_seen
@@ -349,8 +283,8 @@ class AutoGaze(nn.Module):
                 f"cut the video into clips of {limit} frames (autogaze_ext.split_clips) or restart the stream"
             )
         streaming = state is not None or return_state
-        caps = self._caps(gazing_ratio, T, offset, streaming)
-        if backend not in ("auto", "reference", "fast"):
+        caps = frame_caps(gazing_ratio, T, offset, streaming, self.num_vision_tokens_each_frame)
+        if backend not in BACKENDS:
             raise ValueError(f"backend: expected 'auto', 'reference' or 'fast', got {backend!r}")
         fast_ok = not (streaming or do_sample or margins is not None or not cached)
         if backend == "fast" and not fast_ok:
@@ -365,50 +299,54 @@ class AutoGaze(nn.Module):
         nonfinite = None
         if check_finite:
             self._check_weights_finite()
-            nonfinite = ~torch.isfinite(video).all()  # on the device; read below
+            nonfinite = ~torch.isfinite(video).all()  # on the device; read after the fast decode
             if not use_fast:  # the reference loop syncs at every step anyway: fail before decoding
                 _raise_if_nonfinite(nonfinite)
-        ctx = _tf32(precision == "tf32") if video.is_cuda else contextlib.nullcontext()
-        with ctx:
-            if adapt:
-                scales = [int(t) for t in as_list(target_scales)]
-                out = self._generate_adapted(video, caps, task_loss_requirement, scales, int(target_patch_size),
-                                             sampler, cached, use_fast, precision)
-            else:
-                req = self._requirement(task_loss_requirement, B, T, offset, streaming, video.device)
-                if use_fast:
-                    ids, padded, counts = self._generate_fast(video, caps, req, precision)
-                else:
-                    ids, padded, counts, state = self._generate_native(video, caps, req, sampler, cached, state)
-                out = self._output(ids, padded, counts, T, req)
-        if nonfinite is not None and use_fast:
-            _raise_if_nonfinite(nonfinite)  # the fast decode ended with a sync: reading the flag is free
-        return (out, state) if return_state else out
+                nonfinite = None
 
-    def _check_generate_args(self, *, state, return_state, cached, do_sample, temperature, top_k, generator, seed,
-                             margins, check_finite):
-        """Types and ranges of generate's keyword arguments; returns (temperature, top_k, generator)."""
-        for name, value in (("return_state", return_state), ("cached", cached), ("check_finite", check_finite)):
-            check_bool(value, name)
-        if do_sample is not None:
-            check_bool(do_sample, "do_sample")
-        temperature = check_float(temperature, "temperature")
-        if do_sample and temperature <= 0:
-            raise ValueError(f"temperature: must be > 0 when sampling, got {temperature}")
-        top_k = None if top_k is None else check_int(top_k, "top_k", 0)
-        if state is not None and not isinstance(state, GazeState):
-            raise TypeError(f"state: expected the GazeState returned by generate(..., return_state=True), got "
-                            f"{type(state).__name__}")
-        if margins is not None and not isinstance(margins, list):
-            raise TypeError(f"margins: expected a list to fill, got {type(margins).__name__}")
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
-        if seed is not None:
-            seed = check_int(seed, "seed", -(1 << 63))
-            if seed >= 1 << 64:
-                raise ValueError(f"seed: must be below 2**64, got {seed}")
-            generator = generator or torch.Generator().manual_seed(seed)
-        return temperature, top_k, generator
+        if target is not None:
+            H, W = video.shape[-2:]
+            if H != W or H != target[0][-1]:
+                raise ValueError(
+                    f"video: with target_scales the frames must be square with side {target[0][-1]}, got {H}x{W}"
+                )
+            n = tiles_per_side(*target, self.config.grids[-1])
+            req = requirement_tensor(task_loss_requirement, B * n * n, T, 0, False, video.device)
+        else:
+            req = requirement_tensor(task_loss_requirement, B, T, offset, streaming, video.device)
+            if state is not None:
+                check_state(state, B, cached, video.device)
+        return GenerateOptions(
+            video=video, caps=tuple(caps), requirement=req, sampler=sampler, cached=cached, state=state,
+            return_state=return_state, precision=precision, use_fast=use_fast, nonfinite=nonfinite,
+            target_scales=None if target is None else target[0],
+            target_patch_size=None if target is None else target[1])
+
+    def _run_generate(self, opts: GenerateOptions):
+        """Runs the chosen backend: the reference loop (streaming included) or the fast runner, on the model's own
+        tokens or on tiles recovered to the target scales."""
+        T = opts.video.shape[1]
+        state = opts.state
+        ctx = _tf32(opts.precision == "tf32") if opts.video.is_cuda else contextlib.nullcontext()
+        with ctx:
+            if opts.target_scales is not None:
+                out = self._generate_adapted(opts)
+            else:
+                if opts.use_fast:
+                    ids, padded, counts = self._generate_fast(opts.video, opts.caps, opts.requirement, opts.precision)
+                else:
+                    ids, padded, counts, state = self._generate_native(opts.video, opts.caps, opts.requirement,
+                                                                       opts.sampler, opts.cached, state)
+                out = self._output(ids, padded, counts, T, opts.requirement)
+        if opts.nonfinite is not None:
+            _raise_if_nonfinite(opts.nonfinite)  # the fast decode ended with a sync: reading the flag is free
+        return (out, state) if opts.return_state else out
+
+    def _check_video(self, video) -> torch.Tensor:
+        return check_video(video, self.device, self.dtype)
+
+    def _target_geometry(self, target_scales, target_patch_size) -> tuple[tuple[int, ...], int] | None:
+        return target_geometry(target_scales, target_patch_size, self.scales, self.config.num_tokens_each_scale)
 
     def _check_weights_finite(self) -> None:
         """Weights holding NaN or Inf raise ValueError naming them. Checked again only after the weights change
@@ -431,13 +369,7 @@ class AutoGaze(nn.Module):
         V, eos = self.num_vision_tokens_each_frame, dec.cfg.eos_token_id
         if state is None:
             state = GazeState.empty(B, dec.cfg.hidden_size, dec.cfg.num_layers, cached, video)
-        elif state.key_mask.shape[0] != B:
-            raise ValueError(f"state: was made for batch {state.key_mask.shape[0]}, got video batch {B}")
-        elif state.cached != cached:
-            raise ValueError("cached: must match the state's mode")
-        elif state.key_mask.device != video.device:
-            raise ValueError(f"state: is on {state.key_mask.device} but the video on {video.device}")
-        else:
+        else:  # checked against the video by _resolve_generate
             state = state.fork()  # transactional: the caller's state is never advanced, a retry repeats this call
         vision, state.conv_past = gm.embed_video(video, state.conv_past)
         ids, counts = [], []
@@ -492,41 +424,22 @@ class AutoGaze(nn.Module):
         )
 
     # --- target-scale adaptation (spec §5.9) --------------------------------------------------
-    def _needs_adaptation(self, target_scales, target_patch_size) -> bool:
-        if target_scales is None or target_patch_size is None:
-            if (target_scales is None) != (target_patch_size is None):
-                raise ValueError("target_scales and target_patch_size: give both or neither")
-            return False
-        ts = as_list(target_scales)
-        expected = f"target_scales: expected {len(self.scales)} ascending positive ints, got {target_scales!r}"
-        if not isinstance(ts, (list, tuple)) or len(ts) != len(self.scales):
-            raise ValueError(expected)
-        p = check_int(target_patch_size, "target_patch_size", 1)
-        ts = [check_int(s, f"target_scales[{i}]", p) for i, s in enumerate(ts)]  # >= one patch
-        if ts != sorted(ts):
-            raise ValueError(expected)
-        return not (ts == self.scales and [(s // p) ** 2 for s in ts] == self.config.num_tokens_each_scale)
-
-    def _generate_adapted(self, video, caps, req_arg, target_scales, patch, sampler, cached, use_fast,
-                          precision) -> GazeOutput:
+    def _generate_adapted(self, opts: GenerateOptions) -> GazeOutput:
+        """Gazes the model-sized tiles of each frame as batch rows, then recovers the target scales' masks."""
+        video, target_scales, patch, req = opts.video, opts.target_scales, opts.target_patch_size, opts.requirement
         B, T, C, H, W = video.shape
-        if H != W or H != target_scales[-1]:
-            raise ValueError(
-                f"video: with target_scales the frames must be square with side {target_scales[-1]}, got {H}x{W}"
-            )
         g_native = self.config.grids
         g_target = [s // patch for s in target_scales]
-        n = math.ceil(g_target[-1] / g_native[-1])  # tiles per side
+        n = tiles_per_side(target_scales, patch, g_native[-1])
         side = n * g_native[-1] * patch
         # pad the normalised video with zeros (the mean colour), then tiles become batch rows
         tiles = F.pad(video, (0, side - W, 0, side - H))
         tiles = tiles.view(B, T, C, n, side // n, n, side // n).permute(0, 3, 5, 1, 2, 4, 6)
         tiles = tiles.reshape(B * n * n, T, C, side // n, side // n)
-        req = self._requirement(req_arg, B * n * n, T, 0, False, video.device)
-        if use_fast:
-            ids, padded, counts = self._generate_fast(tiles, caps, req, precision)
+        if opts.use_fast:
+            ids, padded, counts = self._generate_fast(tiles, opts.caps, req, opts.precision)
         else:
-            ids, padded, counts, _ = self._generate_native(tiles, caps, req, sampler, cached, None)
+            ids, padded, counts, _ = self._generate_native(tiles, opts.caps, req, opts.sampler, opts.cached, None)
         tile_masks = gazing_masks(ids, padded, T, g_native)
         masks = []
         for m, g, gt in zip(tile_masks, g_native, g_target):
@@ -591,7 +504,7 @@ class AutoGaze(nn.Module):
         check_bool(generate_only, "generate_only")
         if past_key_values is not None and not isinstance(past_key_values, GazeState):
             raise TypeError("past_key_values: expected the state returned by a previous use_cache=True call")
-        adapt = self._needs_adaptation(target_scales, target_patch_size)
+        adapt = self._target_geometry(target_scales, target_patch_size) is not None
         # as the official: an empty dict (a loader without labels) means "gaze first"
         given = gazing_info is not None and not (isinstance(gazing_info, dict) and len(gazing_info) == 0)
         if not generate_only and (use_cache or past_key_values is not None):
