@@ -31,7 +31,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import card_name, median, peak_mib, save_json, time_ms  # noqa: E402
 
-from autogaze_ext.ops import _common as _ops  # noqa: E402
+from autogaze_ext import ops  # noqa: E402
 from autogaze_ext.ops.patches import (NATIVE_SCALES, gather_patches, multiscale_patches,  # noqa: E402
                                        multiscale_patches_reference, multiscale_pos_table, patch_grids)
 from autogaze_ext.ops.preprocess import preprocess  # noqa: E402
@@ -162,8 +162,8 @@ def main() -> None:
     reps = 3 if args.quick else args.reps
 
     card = card_name()
-    print(f"card: {card}; torch {torch.__version__}; compiled ops: {_ops.HAS_EXTENSION} "
-          f"(CUDA kernels: {_ops.HAS_CUDA_KERNELS}); exact fp32 (TF32 off)")
+    print(f"card: {card}; torch {torch.__version__}; compiled ops: {ops.HAS_EXTENSION} "
+          f"(CUDA kernels: {ops.HAS_CUDA_KERNELS}); exact fp32 (TF32 off)")
     copy_gbs = copy_bandwidth(dev, reps)
     print(f"device copy bandwidth (copy_, 2 x bytes / time): {copy_gbs:.0f} GB/s\n")
     results: dict = {"card": card, "torch": torch.__version__, "copy_gb_s": copy_gbs}

@@ -756,9 +756,9 @@ def main(argv=None) -> int:
            "data": data, "labels": lab, "training": training, "curves": curves, "costs": costs,
            "summary": summary, "loss_curve": loss_curve, "phases_s": phases}
     try:
-        from autogaze_ext.ops import _common as _ops
+        from autogaze_ext import ops
 
-        res["compiled_cuda_kernels"] = bool(_ops.HAS_CUDA_KERNELS)
+        res["compiled_cuda_kernels"] = bool(ops.HAS_CUDA_KERNELS)
     except Exception:  # noqa: BLE001 - informational only
         pass
     with open(os.path.join(a.out, "results.json"), "w", encoding="utf-8") as f:

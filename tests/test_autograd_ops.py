@@ -11,13 +11,13 @@ gradients that never reached the input, or, for decoder_layers, reached x wrongl
 import pytest
 import torch
 
-from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops import _common as common
 from autogaze_ext.ops.linear import fused_linear, fused_linear_reference
 from autogaze_ext.ops.patches import (gather_patches, gather_patches_reference, multiscale_patches,
                                        multiscale_patches_reference, multiscale_pos_table,
                                        multiscale_pos_table_reference)
 
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 ops = torch.ops.autogaze_ext
 DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA GPU")])]

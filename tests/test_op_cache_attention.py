@@ -8,12 +8,12 @@ for (tol = 1e-5); an element-wise relative error would blow up where o_i happens
 import pytest
 import torch
 
-from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops import _common as common
 from conftest import capture_graph, cuda_us_per_call, on_side_stream, poison_cuda_cache
 from autogaze_ext.ops import attention as A
 
-op = torch.ops.autogaze_ext.cache_attention if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+op = torch.ops.autogaze_ext.cache_attention if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -172,7 +172,7 @@ def test_op_checks_its_own_arguments():
 def test_fallback_without_extension(monkeypatch):
     a = _args()
     expected = A.cache_attention(**a)
-    monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
+    monkeypatch.setattr(common, "HAS_EXTENSION", False)
     torch.testing.assert_close(A.cache_attention(**a), expected, rtol=1e-5, atol=1e-6)
 
 
@@ -251,7 +251,7 @@ GPU_CASES = [  # B, H, KVH, n, L, d: tiled (d 32/64, q tiles of 16 and 64), spli
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "B{}H{}KVH{}n{}L{}d{}".format(*c))
 @pytest.mark.parametrize("where", ["zero", "small", "mid", "end"])
 def test_cuda_matches_oracle(case, where):
-    assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
+    assert common.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
     B, H, KVH, n, L, d = case
     q, k, v, valid = make_inputs(11, B, H, KVH, n, L, d, diag_only_rows=(0,) if B > 1 else ())
     start = torch.tensor([start_value(where, n, L)])

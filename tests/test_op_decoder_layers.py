@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops import _common as common
 from autogaze_ext.ops import decoder as Dm
 from conftest import capture_graph, cuda_us_per_call, poison_cuda_cache
 
-op = torch.ops.autogaze_ext.decoder_layers if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+op = torch.ops.autogaze_ext.decoder_layers if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 MODEL = dict(D=192, H=6, KVH=6, d=32, inter=384, layers=4)  # the released decoder: the persistent kernel's shape
@@ -162,7 +162,7 @@ GPU_CASES = [  # B, n, L. Persistent kernel (n <= 16, B * n <= 64): decode steps
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: "B{}n{}L{}".format(*c))
 @pytest.mark.parametrize("where", ["zero", "mid", "end"])
 def test_cuda_persistent_matches_reference(case, where):
-    assert _ops.HAS_CUDA_KERNELS
+    assert common.HAS_CUDA_KERNELS
     B, n, L = case
     m = MODEL
     a = make_case(10 + B + n, B, n, L, m["D"], m["H"], m["KVH"], m["d"], m["inter"], m["layers"], device="cuda")

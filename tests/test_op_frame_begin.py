@@ -6,10 +6,10 @@ import torch
 
 from conftest import capture_graph, clone_state
 
-from autogaze_ext.ops import _common as _ops, frame as _ops_frame
+from autogaze_ext.ops import _common as common, frame as frame_ops
 
-op = torch.ops.autogaze_ext.frame_begin if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+op = torch.ops.autogaze_ext.frame_begin if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 EOS = 265
@@ -52,7 +52,7 @@ PEND_LEN = [0, 1, 7, 10, 15, -2]
 @pytest.mark.parametrize("B, K, NT", [(1, 10, None), (3, 10, None), (2, 1, None), (4, 7, 3)])
 def test_cpu_matches_reference(pend_len, B, K, NT):
     s = make_state(pend_len + 10 * B + K, B, K=K, NT=NT, pend_len=pend_len)
-    assert_same(run(op, clone_state(s)), run(_ops_frame.frame_begin_reference, clone_state(s)))
+    assert_same(run(op, clone_state(s)), run(frame_ops.frame_begin_reference, clone_state(s)))
 
 
 def test_reference_semantics_by_hand():
@@ -61,7 +61,7 @@ def test_reference_semantics_by_hand():
     s["pend"][0] = torch.tensor([7, EOS, 9, 11, 12])
     s["count"][0] = 100
     before = clone_state(s)
-    x, pos, out = run(_ops_frame.frame_begin_reference, clone_state(s))
+    x, pos, out = run(frame_ops.frame_begin_reference, clone_state(s))
     assert torch.equal(x[0, :5], s["embed_weight"][[7, EOS, 9, 11, 12]])
     assert torch.equal(x[0, 5:], s["vision"][0, 2])
     assert pos[0].tolist() == [100, 100, 101, 102, 102, 103, 104]
@@ -114,7 +114,7 @@ def test_bad_arguments(field, value, exc, match):
     s = make_state(3, 2)
     s[field] = value
     with pytest.raises(exc, match=match):
-        _ops_frame.frame_begin(*(s[a] for a in ARGS), EOS)
+        frame_ops.frame_begin(*(s[a] for a in ARGS), EOS)
 
 
 @needs_ext
@@ -136,7 +136,7 @@ def test_opcheck():
 @pytest.mark.parametrize("pend_len", PEND_LEN)
 @pytest.mark.parametrize("B, K, NV, D", [(1, 10, 196, 192), (3, 10, 12, 24), (64, 10, 196, 192), (2, 1, 5, 7)])
 def test_cuda_matches_cpu(pend_len, B, K, NV, D):
-    assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels"
+    assert common.HAS_CUDA_KERNELS, "built without CUDA kernels"
     s = make_state(pend_len + B + NV, B, K=K, NV=NV, D=D, L=700, start=300, pend_len=pend_len)
     assert_same(run(op, clone_state(s, "cuda")), run(op, clone_state(s)))  # random prior state: every write is visible
 

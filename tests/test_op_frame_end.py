@@ -5,10 +5,10 @@ import torch
 
 from conftest import capture_graph, clone_state
 
-from autogaze_ext.ops import _common as _ops, frame as _ops_frame
+from autogaze_ext.ops import _common as common, frame as frame_ops
 
-op = torch.ops.autogaze_ext.frame_end if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+op = torch.ops.autogaze_ext.frame_end if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 EOS = 265
@@ -49,7 +49,7 @@ N_VALUES = [0, 1, 10, 11, 23, 40, 45, -3]
 @pytest.mark.parametrize("B, K", [(1, 10), (3, 10), (2, 1), (4, 7)])
 def test_cpu_matches_reference(n, B, K):
     s = make_state(n + 100 * B + K, B, K=K, n=n)
-    ref = run(_ops_frame.frame_end_reference, clone_state(s))
+    ref = run(frame_ops.frame_end_reference, clone_state(s))
     got = run(op, clone_state(s))
     assert_same(got, ref)
 
@@ -59,7 +59,7 @@ def test_reference_semantics_by_hand():
     s = make_state(0, 1, n=23)
     f = s["fids"][0]
     before = clone_state(s)
-    out = run(_ops_frame.frame_end_reference, clone_state(s))
+    out = run(frame_ops.frame_end_reference, clone_state(s))
     real = f[:20] != EOS
     assert torch.equal(out["key_valid"][0, 17:37], real)
     assert torch.equal(out["key_valid"][0, :17], before["key_valid"][0, :17])
@@ -114,13 +114,13 @@ def test_bad_arguments(field, value, exc, match):
     s = make_state(3, 2)
     s[field] = value
     with pytest.raises(exc, match=match):
-        _ops_frame.frame_end(*(s[a] for a in ARGS), EOS)
+        frame_ops.frame_end(*(s[a] for a in ARGS), EOS)
 
 
 def test_bad_eos():
     s = make_state(3, 2)
     with pytest.raises(TypeError, match="eos must be an int"):
-        _ops_frame.frame_end(*(s[a] for a in ARGS), 265.0)
+        frame_ops.frame_end(*(s[a] for a in ARGS), 265.0)
 
 
 @needs_ext
@@ -142,7 +142,7 @@ def test_opcheck():
 @pytest.mark.parametrize("n", N_VALUES)
 @pytest.mark.parametrize("B, K, W", [(1, 10, 40), (3, 10, 40), (64, 10, 284), (2, 1, 300), (5, 7, 130)])
 def test_cuda_matches_cpu(n, B, K, W):
-    assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels"
+    assert common.HAS_CUDA_KERNELS, "built without CUDA kernels"
     s = make_state(7 * n + B + W, B, W=W, K=K, L=700, n=n, frame_start=300)
     want = run(op, clone_state(s))
     got = run(op, clone_state(s, "cuda"))  # the prior state is random: every element the kernel must write differs

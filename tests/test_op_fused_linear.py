@@ -7,12 +7,12 @@ import torch
 
 from conftest import capture_graph, on_side_stream, poison_cuda_cache
 
-from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops import _common as common
 from autogaze_ext.ops._common import FUSED_LINEAR_MAX_K as MAX_K
 from autogaze_ext.ops.linear import fused_linear, fused_linear_reference
 
-op = torch.ops.autogaze_ext.fused_linear if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+op = torch.ops.autogaze_ext.fused_linear if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 EPS = 1e-5
 TOL = 1e-5
@@ -116,7 +116,7 @@ def test_wrapper_leading_dims():
 def test_fallback_without_extension(monkeypatch):
     x, w, nw, r = make_inputs(5, 10, 192, 576, False, True, True)
     expected = fused_linear(x, w, nw, EPS, r)
-    monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
+    monkeypatch.setattr(common, "HAS_EXTENSION", False)
     got = fused_linear(x, w, nw, EPS, r)
     assert rel_err(got, expected) < TOL
 
@@ -218,7 +218,7 @@ def _cuda_case(seed, M, K, N, swiglu, norm, res):
 
 
 def _cuda_ready():
-    assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
+    assert common.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
 
 
 @pytest.mark.cuda

@@ -5,12 +5,12 @@ import torch
 
 from conftest import capture_graph, on_side_stream, poison_cuda_cache
 
-from autogaze_ext.ops import _common as _ops, gaze
+from autogaze_ext.ops import _common as common, gaze
 
 NATIVE = [2, 4, 7, 14]  # V = 265
 TARGET = [4, 8, 14, 28]  # V = 1060
-op = torch.ops.autogaze_ext.gaze_decode if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+op = torch.ops.autogaze_ext.gaze_decode if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -27,9 +27,9 @@ def make_inputs(seed, B, N, T, grids, pad_frac=0.3):
 
 
 def test_extension_loaded():
-    assert _ops.HAS_EXTENSION, f"autogaze_ext._C failed to import: {_ops.EXTENSION_IMPORT_ERROR!r}"
-    info = _ops.build_info()
-    assert info["torch_version"] and info["cuda"] == _ops.HAS_CUDA_KERNELS
+    assert common.HAS_EXTENSION, f"autogaze_ext._C failed to import: {common.EXTENSION_IMPORT_ERROR!r}"
+    info = common.build_info()
+    assert info["torch_version"] and info["cuda"] == common.HAS_CUDA_KERNELS
 
 
 @needs_ext
@@ -160,7 +160,7 @@ def test_split_gaze_mask():
 def test_fallback_without_extension(monkeypatch):
     pos, pad = make_inputs(4, 2, 60, 2, NATIVE)
     expected = gaze.gaze_decode(pos, pad, 2, NATIVE)
-    monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
+    monkeypatch.setattr(common, "HAS_EXTENSION", False)
     got = gaze.gaze_decode(pos, pad, 2, NATIVE)
     assert all(torch.equal(a, b) for a, b in zip(got, expected))
 
@@ -208,7 +208,7 @@ def _cuda_vs_cpu(pos, pad, T, grids):
 @pytest.mark.parametrize("B,T", [(1, 1), (3, 16), (2, 5)])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_cuda_matches_cpu(seed, B, T, grids):
-    assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
+    assert common.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
     _cuda_vs_cpu(*make_inputs(seed, B, 40 * T + 3, T, grids), T, grids)
 
 

@@ -5,16 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops import _common as common
 from autogaze_ext.ops.patches import (NATIVE_SCALES, gather_patches, gather_patches_reference, multiscale_patches,
                                        multiscale_patches_reference, multiscale_pos_table,
                                        multiscale_pos_table_reference, patch_grids)
 
 from conftest import capture_graph, data_dir, fixture_dir, on_side_stream, poison_cuda_cache
 
-dense_op = torch.ops.autogaze_ext.multiscale_patches if _ops.HAS_EXTENSION else None
-gather_op = torch.ops.autogaze_ext.gather_patches if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+dense_op = torch.ops.autogaze_ext.multiscale_patches if common.HAS_EXTENSION else None
+gather_op = torch.ops.autogaze_ext.gather_patches if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 TOL = 1e-6  # fp32 relative error (norm) against the reference
 TARGET_SCALES = (56, 112, 196, 392)
@@ -301,7 +301,7 @@ def test_fallback_without_extension(monkeypatch):
     pos, pad = make_gaze(9, 1, 30, 2, 21)
     expected = gather_patches(x, pos, pad, (16, 32, 64), 16)
     dense = multiscale_patches(x, (16, 32, 64), 16)
-    monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
+    monkeypatch.setattr(common, "HAS_EXTENSION", False)
     got = gather_patches(x, pos, pad, (16, 32, 64), 16)
     check_close(got[0], expected[0])
     assert torch.equal(got[1], expected[1])
@@ -424,7 +424,7 @@ def test_fake_and_compile():
 
 
 def _cuda_ready():
-    assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
+    assert common.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
 
 
 # More dense cases for the GPU kernel's paths (one block per band of rows and channel, unless a band does not

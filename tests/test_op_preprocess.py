@@ -5,13 +5,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops import _common as common
 from autogaze_ext.ops.preprocess import preprocess, preprocess_reference
 from autogaze_ext.processor import AutoGazeImageProcessor
 from conftest import capture_graph, case_input, data_dir, fixture_dir, on_side_stream, run_case, poison_cuda_cache
 
-op = torch.ops.autogaze_ext.preprocess if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+op = torch.ops.autogaze_ext.preprocess if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
@@ -150,7 +150,7 @@ def test_example_video_bit_exact():
 def test_fallback_without_extension(monkeypatch):
     frames = random_frames(4, (1, 2, 90, 120, 3))
     expected = preprocess(frames)
-    monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
+    monkeypatch.setattr(common, "HAS_EXTENSION", False)
     got = preprocess(frames)
     assert torch.equal(got[0], expected[0]) and rel_err(got[1], expected[1]) <= 1e-6
 
@@ -213,7 +213,7 @@ def test_opcheck_fake_and_compile():
 @pytest.mark.parametrize("H,W,size", SIZES + [(2160, 3840, None)])
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
 def test_cuda_matches_cpu(H, W, size, dtype):
-    assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
+    assert common.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
     frames = random_frames(H + W, (1, 2, H, W, 3), dtype)
     proc = processor_for(size)
     poison_cuda_cache()
@@ -229,7 +229,7 @@ def test_cuda_matches_cpu(H, W, size, dtype):
 @cuda
 @needs_ext
 def test_cuda_stream_and_graph():
-    assert _ops.HAS_CUDA_KERNELS
+    assert common.HAS_CUDA_KERNELS
     frames = random_frames(0, (16, 448, 448, 3)).cuda()
     ref = op(frames.cpu(), 224, 224, 160, 1 / 127.5, True, MEAN, STD)
     got = on_side_stream(lambda: op(frames, 224, 224, 160, 1 / 127.5, True, MEAN, STD))
@@ -250,7 +250,7 @@ def test_cuda_stream_and_graph():
 @cuda
 @needs_ext
 def test_cuda_processor_uses_the_op():
-    assert _ops.HAS_CUDA_KERNELS
+    assert common.HAS_CUDA_KERNELS
     frames = random_frames(9, (1, 4, 1080, 1920, 3))
     proc = AutoGazeImageProcessor()
     on_gpu = proc(frames, device="cuda")

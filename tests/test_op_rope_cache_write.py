@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops import _common as common
 from conftest import capture_graph, cuda_us_per_call, poison_cuda_cache
 from autogaze_ext.ops import attention as A
 
-op = torch.ops.autogaze_ext.rope_cache_write if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+op = torch.ops.autogaze_ext.rope_cache_write if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -171,7 +171,7 @@ def test_aliased_buffers_rejected(alias):
         a["qkv"], a["k_cache"] = buf[:m].view(a["qkv"].shape), buf[m - 1:].view(k.shape)
     with pytest.raises(ValueError, match="share memory"):
         A.rope_cache_write(**a)
-    if _ops.HAS_EXTENSION:
+    if common.HAS_EXTENSION:
         with pytest.raises(RuntimeError, match="share memory"):
             torch.ops.autogaze_ext.rope_cache_write(*a.values())
 
@@ -194,7 +194,7 @@ def test_fallback_without_extension(monkeypatch):
     a = _args()
     kc, vc = a["k_cache"].clone(), a["v_cache"].clone()
     expected = A.rope_cache_write(**{**a, "k_cache": kc, "v_cache": vc})
-    monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
+    monkeypatch.setattr(common, "HAS_EXTENSION", False)
     kc2, vc2 = a["k_cache"].clone(), a["v_cache"].clone()
     got = A.rope_cache_write(**{**a, "k_cache": kc2, "v_cache": vc2})
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
@@ -242,7 +242,7 @@ def _cuda(*ts):
                          ids=lambda s: "B{}n{}H{}KVH{}d{}".format(*s))
 @pytest.mark.parametrize("where", ["zero", "end", "neg_partial", "end_partial", "past_end"])
 def test_cuda_matches_cpu_and_torch(shape, where):
-    assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
+    assert common.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
     B, n, H, KVH, d = shape
     L = 2 * n + 8
     start = {"zero": 0, "end": L - n, "neg_partial": -(n // 2) - 1, "end_partial": L - n // 2, "past_end": L + 1}[where]

@@ -8,10 +8,10 @@ import torch
 
 from conftest import capture_graph, clone_state, cuda_us_per_call, on_side_stream, poison_cuda_cache
 
-from autogaze_ext.ops import _common as _ops, select as _ops_select
+from autogaze_ext.ops import _common as common, select as select_ops
 
-op = torch.ops.autogaze_ext.select_step if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+op = torch.ops.autogaze_ext.select_step if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 K, V = 10, 266  # the model: 10 heads, 265 gaze ids + EOS
@@ -78,7 +78,7 @@ def assert_same(a, b, chunk_a=None, chunk_b=None, what=""):
 def check_vs_reference(fn, state, what="", device="cpu"):
     s_op, s_ref = clone_state(state, device), clone_state(state)
     got = call(fn, s_op)
-    ref = call(_ops_select.select_step_reference, s_ref)
+    ref = call(select_ops.select_step_reference, s_ref)
     assert_same(s_op, s_ref, got, ref, what)
     return got
 
@@ -125,7 +125,7 @@ def simulate(fn, B, cap, has_req, seed, *, K=K, V=V, mode="randn", device="cpu",
         s_ref.update(logits=logits, loss_pred=loss)
         was_active = bool(s_ref["active"])
         got = call(fn, s_op)
-        ref = call(_ops_select.select_step_reference, s_ref)
+        ref = call(select_ops.select_step_reference, s_ref)
         assert_same(s_op, s_ref, got, ref, f"step {steps}")
         if not was_active:
             after += 1
@@ -144,7 +144,7 @@ def simulate(fn, B, cap, has_req, seed, *, K=K, V=V, mode="randn", device="cpu",
 
 
 def test_extension_loaded():
-    assert _ops.HAS_EXTENSION, f"autogaze_ext._C failed to import: {_ops.EXTENSION_IMPORT_ERROR!r}"
+    assert common.HAS_EXTENSION, f"autogaze_ext._C failed to import: {common.EXTENSION_IMPORT_ERROR!r}"
 
 
 @needs_ext
@@ -233,22 +233,22 @@ def test_non_contiguous_read_only_inputs():
     s["req"] = torch.stack([s["req"], s["req"]], 1)[:, 0]
     assert not s["logits"].is_contiguous() and not s["req"].is_contiguous()
     check_vs_reference(op, s)
-    check_vs_reference(_ops_select.select_step, s)
+    check_vs_reference(select_ops.select_step, s)
 
 
 @needs_ext
 def test_wrapper_matches_op():
     s = make_state(12, 4, n=10, cap=30)
-    check_vs_reference(_ops_select.select_step, s)
+    check_vs_reference(select_ops.select_step, s)
 
 
 def test_fallback_without_extension(monkeypatch):
     s = make_state(13, 4, n=10, cap=30)
     expected = clone_state(s)
-    chunk = call(_ops_select.select_step_reference, expected)
-    monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
+    chunk = call(select_ops.select_step_reference, expected)
+    monkeypatch.setattr(common, "HAS_EXTENSION", False)
     got = clone_state(s)
-    assert_same(got, expected, call(_ops_select.select_step, got), chunk)
+    assert_same(got, expected, call(select_ops.select_step, got), chunk)
 
 
 @needs_ext
@@ -266,7 +266,7 @@ def test_fake_and_compile():
         out = call(op, {k: mode.from_tensor(v) for k, v in s.items()})
     assert out.shape == (3, K) and out.dtype == torch.int64
 
-    fn = torch.compile(lambda *a: _ops_select.select_step(*a), backend="aot_eager", fullgraph=True)
+    fn = torch.compile(lambda *a: select_ops.select_step(*a), backend="aot_eager", fullgraph=True)
     a, b = clone_state(s), clone_state(s)
     assert_same(a, b, call(fn, a), call(op, b))
 
@@ -301,7 +301,7 @@ def _bad(**over):
 ])
 def test_bad_arguments(over, exc, match):
     with pytest.raises(exc, match=match):
-        _ops_select.select_step(*_bad(**over))
+        select_ops.select_step(*_bad(**over))
 
 
 @needs_ext
@@ -330,7 +330,7 @@ def _cuda_cpu_ref(state, what=""):
     poison_cuda_cache()
     got = call(op, s_cuda)
     cpu = call(op, s_cpu)
-    ref = call(_ops_select.select_step_reference, s_ref)
+    ref = call(select_ops.select_step_reference, s_ref)
     assert got.is_cuda
     assert_same(s_cpu, s_ref, cpu, ref, what + " (cpu vs ref)")
     assert_same(s_cuda, s_ref, got, ref, what + " (cuda vs ref)")
@@ -342,7 +342,7 @@ def _cuda_cpu_ref(state, what=""):
 @pytest.mark.parametrize("mode", ["randn", "ties", "agree", "special", "allneg"])
 @pytest.mark.parametrize("B", [1, 3, 64, 257])
 def test_cuda_matches_cpu(B, mode):
-    assert _ops.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
+    assert common.HAS_CUDA_KERNELS, "built without CUDA kernels; the CUDA path would be the reference"
     for i, sc in enumerate(scenarios()):
         _cuda_cpu_ref(make_state(i, B, mode=mode, **sc), f"B={B} {mode} {sc}")
 
@@ -399,7 +399,7 @@ def test_cuda_opcheck_and_stream():
     for B in (1, 4):
         s = make_state(15, B, n=10, cap=30)
         s_cuda, s_ref = clone_state(s, "cuda"), clone_state(s)
-        ref = call(_ops_select.select_step_reference, s_ref)
+        ref = call(select_ops.select_step_reference, s_ref)
         got = on_side_stream(lambda: call(op, s_cuda))
         assert_same(s_cuda, s_ref, got, ref, f"side stream B={B}")
 
@@ -430,7 +430,7 @@ def test_cuda_graph_frame(B, has_req):
             static["loss_pred"].copy_(loss)
             s_ref.update(logits=logits, loss_pred=loss)
             graph.replay()
-            ref = call(_ops_select.select_step_reference, s_ref)
+            ref = call(select_ops.select_step_reference, s_ref)
             assert_same(static, s_ref, out, ref, f"frame {frame} replay {step}")
         assert not bool(static["active"])
 
@@ -453,7 +453,7 @@ def test_cuda_timing(B):
     eager_state = clone_state(s, "cuda")
     eager = cuda_us_per_call(lambda: call(op, eager_state), iters=200, graph=False)
     t_op = graphed_us(op, 50)
-    t_ref = graphed_us(_ops_select.select_step_reference, 20)
+    t_ref = graphed_us(select_ops.select_step_reference, 20)
     t0 = time.perf_counter()
     for _ in range(100):
         call(op, eager_state)

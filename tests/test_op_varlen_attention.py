@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from autogaze_ext.ops import _common as _ops, varlen as _ops_vit
+from autogaze_ext.ops import _common as common, varlen as varlen_ops
 from autogaze_ext.ops.varlen import MODES, _torch_varlen_plan, varlen_attention, varlen_attention_reference
 from conftest import capture_graph
 
-op = torch.ops.autogaze_ext.varlen_attention if _ops.HAS_EXTENSION else None
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+op = torch.ops.autogaze_ext.varlen_attention if common.HAS_EXTENSION else None
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 # Output tolerance by dtype: fp32 math everywhere, so fp16/bf16 only add the rounding of inputs and output.
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
@@ -206,7 +206,7 @@ def test_fallback_without_extension(monkeypatch):
     g = torch.Generator().manual_seed(5)
     cs, cf, owner = layout([[3, 4], [5, 0, 2]])
     q, k, v = qkv(g, len(owner), 2, 16)
-    monkeypatch.setattr(_ops, "HAS_EXTENSION", False)
+    monkeypatch.setattr(common, "HAS_EXTENSION", False)
     out = varlen_attention(q, k, v, cs, cf, "block_causal", num_prefix=1)
     check_against_reference(out, q, k, v, cs, cf, "block_causal", 0.25, 1)
     with pytest.raises(ValueError, match="no compiled varlen_attention kernel"):
@@ -217,7 +217,7 @@ def test_torch_varlen_plan():
     # how each mode maps onto torch's FlashAttention varlen call (host-side planning, no GPU needed)
     q = torch.empty(0, 1, 64, dtype=torch.float16)
     videos, frames = [0, 5, 5, 12], [0, 2, 5, 5, 5, 9, 12]
-    if _ops_vit._torch_varlen() is None:
+    if varlen_ops._torch_varlen() is None:
         pytest.skip("torch.nn.attention.varlen missing in this torch")
     assert _torch_varlen_plan(q, videos, frames, "bidirectional", 0) == (videos, videos, 7, 7, False, None)
     assert _torch_varlen_plan(q, videos, frames, "causal", 1)[4] is True
@@ -324,7 +324,7 @@ def test_fake_and_compile():
 
 
 # the CUDA paths: torch's kernels always, the compiled kernel when this build has one
-CUDA_BACKENDS = ["torch"] + (["compiled"] if _ops.has_kernel("varlen_attention", "cuda") else [])
+CUDA_BACKENDS = ["torch"] + (["compiled"] if common.has_kernel("varlen_attention", "cuda") else [])
 
 
 @pytest.mark.cuda
@@ -362,7 +362,7 @@ def test_cuda_edge_layouts_and_long(backend):
 
 
 def _cuda_kernel_ready():
-    if not _ops.has_kernel("varlen_attention", "cuda"):
+    if not common.has_kernel("varlen_attention", "cuda"):
         pytest.skip("this build has no varlen_attention CUDA kernel")
 
 
@@ -548,7 +548,7 @@ def test_hidden_nonfinite_values_are_absent(device, dtype, d, value):
     """A NaN or Inf in the value of a token reaches exactly the rows that see it (causal: the token and the
     rows after it in its video; block_causal: its frame and the later ones), on every kernel; the other rows
     equal a run without it -- hidden keys are absent, not weighted by 0."""
-    if not _ops.HAS_EXTENSION:
+    if not common.HAS_EXTENSION:
         pytest.skip("compiled extension missing")
     if device == "cuda" and dtype != torch.float32:
         _cuda_kernel_ready()

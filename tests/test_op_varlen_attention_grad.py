@@ -4,11 +4,11 @@ of the backward path, and op vs reference gradients in float32)."""
 import pytest
 import torch
 
-from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops import _common as common
 from autogaze_ext.ops.varlen import MODES, varlen_attention, varlen_attention_reference
 from test_op_varlen_attention import layout, qkv, random_layout
 
-needs_ext = pytest.mark.skipif(not _ops.HAS_EXTENSION, reason="compiled extension missing")
+needs_ext = pytest.mark.skipif(not common.HAS_EXTENSION, reason="compiled extension missing")
 
 
 def _grads(fn, q, k, v, gout):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import autogaze_ext
-from autogaze_ext.ops import _common as _ops
+from autogaze_ext.ops import _common as common
 from conftest import REPO
 
 MINOR = re.match(r"\d+\.\d+", torch.__version__)[0]
@@ -33,6 +33,6 @@ def test_installed_package_requires_its_build_torch():
         pytest.skip("the in-tree package: test_setup_pins_the_build_torch checks its metadata")
     requires = importlib.metadata.requires("autogaze-ext") or []
     pins = [r for r in requires if re.match(r"torch\b", r)]
-    assert _ops.HAS_EXTENSION, _ops.EXTENSION_IMPORT_ERROR
-    built = re.match(r"\d+\.\d+", _ops.build_info()["torch_version"])[0]
-    assert pins == [f"torch=={built}.*"] and built == MINOR, (pins, _ops.build_info())
+    assert common.HAS_EXTENSION, common.EXTENSION_IMPORT_ERROR
+    built = re.match(r"\d+\.\d+", common.build_info()["torch_version"])[0]
+    assert pins == [f"torch=={built}.*"] and built == MINOR, (pins, common.build_info())
