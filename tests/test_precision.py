@@ -25,7 +25,7 @@ def test_precision_is_checked_and_cpu_stays_fp32():
 
 @pytest.mark.parametrize("on", [False, True])
 def test_tf32_context_sets_and_restores_both_flags(on):
-    from autogaze_ext.model.autogaze import _tf32
+    from autogaze_ext.model.precision import tf32 as _tf32
 
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     with _tf32(on):

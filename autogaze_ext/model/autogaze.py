@@ -24,6 +24,7 @@ from .masks import gazing_masks, positions_from_masks
 from .options import (BACKENDS, PRECISIONS, GenerateOptions, check_sampling_args, check_state, check_video,
                       frame_caps, requirement_tensor, target_geometry, tiles_per_side)
 from .output import TARGET_SCALE_DELETED, GazeOutput
+from .precision import tf32 as _tf32
 from .scoring import TeacherForcedScores, gazing_tensors, teacher_forced_scores
 
 GazeState = DecodeState
@@ -53,23 +54,6 @@ class AutoGazeModel(nn.Module):
             video = video.view(B, T, *video.shape[1:])
         feats, new_past = self.vision_model(video, conv_past)
         return self.connector(feats), new_past
-
-
-@contextlib.contextmanager
-def _tf32(on: bool):
-    """cuBLAS matmuls and cuDNN convolutions in TF32 (on) or true fp32 (off) inside the block."""
-    m, c = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = m, c
-
-
-def exact_fp32():
-    """True fp32 for matmuls and cuDNN convolutions (TF32 off) inside the block."""
-    return _tf32(False)
 
 
 def _raise_if_nonfinite(flag: torch.Tensor) -> None:

@@ -26,6 +26,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .precision import exact_fp32
+
 SCORE_PRECISIONS = ("bf16", "fp32")
 
 
@@ -89,8 +91,6 @@ def precision_context(precision: str, device: torch.device):
         return contextlib.nullcontext()
     if precision == "bf16":
         return torch.autocast("cuda", dtype=torch.bfloat16)
-    from .autogaze import exact_fp32
-
     return exact_fp32()
 
 

@@ -13,6 +13,8 @@ import sys
 import tempfile
 import time
 
+from .._cli_options import add_index_option, add_ray_options
+
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".mov", ".avi", ".webm", ".m4v", ".ts", ".mpg", ".mpeg", ".flv", ".wmv",
                     ".3gp", ".y4m")
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -54,18 +56,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     e.add_argument("--manifest", metavar="FILE",
                    help="videos listed in a .txt (one path or URI per line), .csv or .parquet ('path' column, "
                         "optional 'output' column relative to --out) file, besides any VIDEO_OR_DIR")
-    r = e.add_argument_group("dataset scale (Ray Data; pip install 'autogaze_ext[ray]')")
-    r.add_argument("--ray", action="store_true",
-                   help="run on Ray Data: one encoder actor per GPU, CPU tasks checking the videos, a Parquet index")
-    r.add_argument("--address", help="Ray cluster to join (auto, ray://HOST:10001); default: start a local Ray")
-    r.add_argument("--gpus", type=int, default=None, metavar="N",
-                   help="encoder actors, one GPU each (default: every GPU of the cluster; CPU workers with "
-                        "--device cpu, default 1)")
-    r.add_argument("--cpus-per-gpu", type=float, default=None, metavar="C",
-                   help="CPUs reserved per actor, for its decoding (default: the cluster's CPUs, less one, shared)")
-    r.add_argument("--index", metavar="FILE.parquet",
-                   help="the run's index (path, status, clips, tokens, seconds, error per video; default "
-                        "OUT/index.parquet)")
+    r = add_ray_options(e, actor="encoder", ray_help="run on Ray Data: one encoder actor per GPU, CPU tasks checking "
+                        "the videos, a Parquet index")
+    add_index_option(r, "the run's index (path, status, clips, tokens, seconds, error per video; default "
+                     "OUT/index.parquet)")
     return e
 
 

@@ -12,6 +12,8 @@ import os
 import sys
 import time
 
+from .._cli_options import add_index_option, add_ray_options
+
 # clips gazed per call when --batch-rows is not given (one progress step per call)
 LABEL_BATCH_ROWS = {"cpu": 4, "cuda": 32}
 SAVE_EVERY_S = 10.0  # rewrite the label file at most this often while running (and always at the end)
@@ -50,21 +52,13 @@ def add_label_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--manifest", metavar="FILE",
                    help="videos listed in a .txt (one path or URI per line), .csv or .parquet ('path' column) file, "
                         "after any VIDEO_OR_DIR")
-    r = p.add_argument_group("dataset scale (Ray Data; pip install 'autogaze_ext[ray]')")
-    r.add_argument("--ray", action="store_true",
-                   help="run on Ray Data: one gazer actor per GPU writing a record file per video, merged into --out")
-    r.add_argument("--address", help="Ray cluster to join (auto, ray://HOST:10001); default: start a local Ray")
-    r.add_argument("--gpus", type=int, default=None, metavar="N",
-                   help="gazer actors, one GPU each (default: every GPU of the cluster; CPU workers with "
-                        "--device cpu, default 1)")
-    r.add_argument("--cpus-per-gpu", type=float, default=None, metavar="C",
-                   help="CPUs reserved per actor, for its decoding (default: the cluster's CPUs, less one, shared)")
+    r = add_ray_options(p, actor="gazer", ray_help="run on Ray Data: one gazer actor per GPU writing a record file "
+                        "per video, merged into --out")
     r.add_argument("--records", metavar="DIR",
                    help="folder of the per-video record files, on storage every node sees (default: --out without "
                         ".json, plus .records)")
-    r.add_argument("--index", metavar="FILE.parquet",
-                   help="the run's index (path, status, tokens, seconds, error per video; default "
-                        "RECORDS/index.parquet)")
+    add_index_option(r, "the run's index (path, status, tokens, seconds, error per video; default "
+                     "RECORDS/index.parquet)")
     return p
 
 
