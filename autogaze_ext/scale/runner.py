@@ -31,7 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from .._files import fsync_dir, remove_if_exists
+from .._files import fsync_dir, remove_if_exists, write_atomic
 from .jobs import VIDEO_ERRORS, VideoJob
 
 INDEX_COLUMNS = ("path", "output", "status", "clips", "frames", "tokens", "seconds", "error", "attempts")
@@ -338,12 +338,7 @@ def write_index(rows: list[dict], path: str) -> None:
 
     table = _table(rows).drop(["index"])
     os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.partial"
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        remove_if_exists(tmp)
+    write_atomic(path, lambda tmp: pq.write_table(table, tmp), fsync=False)
 
 
 def read_index(path: str) -> list[dict]:

@@ -23,23 +23,22 @@ def _is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def _as_nested(name: str, value) -> list:
-    """A list of per-video lists of per-frame sequences (tensors and numpy arrays become lists)."""
+def _as_list(value, where: str, expected: str) -> list:
+    """value as a list (tensors and numpy arrays through tolist()); a TypeError naming where otherwise."""
     if isinstance(value, torch.Tensor) or hasattr(value, "tolist") and not isinstance(value, (list, tuple)):
         value = value.tolist()
     if not isinstance(value, (list, tuple)):
-        raise TypeError(f"{name}: expected a list (one entry per video) of lists (one per frame) of values, got "
-                        f"{type(value).__name__}")
+        raise TypeError(f"{where}: expected {expected}, got {type(value).__name__}")
     return list(value)
 
 
+def _as_nested(name: str, value) -> list:
+    """A list of per-video lists of per-frame sequences."""
+    return _as_list(value, name, "a list (one entry per video) of lists (one per frame) of values")
+
+
 def _frame_list(name: str, b: int, t: int, frame) -> list:
-    if isinstance(frame, torch.Tensor) or hasattr(frame, "tolist") and not isinstance(frame, (list, tuple)):
-        frame = frame.tolist()
-    if not isinstance(frame, (list, tuple)):
-        raise TypeError(f"{name}[{b}][{t}] (video {b}, frame {t}): expected a list of values, got "
-                        f"{type(frame).__name__}")
-    return list(frame)
+    return _as_list(frame, f"{name}[{b}][{t}] (video {b}, frame {t})", "a list of values")
 
 
 def collate_gazing_info(labels: Sequence, task_losses: Sequence | None = None, *,

@@ -25,12 +25,12 @@ import json
 import math
 import numbers
 import os
-import tempfile
 from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 
+from .._files import write_atomic
 from ..greedy import SCALES, GreedyGazer, scale_paints
 
 CLIP_LEN = 16
@@ -286,23 +286,12 @@ def read_labels(path: str, clip_len: int = CLIP_LEN, tokens_per_frame: int = TOK
 def write_labels(path: str, labels: dict, fsync: bool = True) -> None:
     """Write the label file atomically: a temporary file in the same folder, then a rename (a crash or Ctrl-C
     leaves the old file or the new one, never half of one)."""
-    path = os.path.abspath(os.fspath(path))
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".labels-", suffix=".json.tmp")
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def dump(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             json.dump(labels, f, separators=(",", ":"))
             f.write("\n")
-            f.flush()
-            if fsync:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+
+    write_atomic(path, dump, fsync)
 
 
 def match_videos(labels: dict, videos: Iterable[str], where: str = "--videos") -> list[tuple[str, str]]:

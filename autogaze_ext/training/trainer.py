@@ -23,12 +23,13 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from .._files import write_atomic
 
 STATE_FILE = "training_state.safetensors"
 STATE_JSON = "training_state.json"
@@ -175,29 +176,6 @@ def build_model(cfg: TrainConfig):
 
 
 # ------------------------------------------------------------------------------------ state files
-def _atomic(path: str, write) -> None:
-    """write(tmp_path), then rename over path (a kill leaves the old file or the new one)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix="." + os.path.basename(path),
-                               suffix=".tmp")
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the files are for sharing like any other
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _rng_json() -> dict:
     ver, state, gauss = random.getstate()
     np_state = np.random.get_state()
@@ -372,23 +350,23 @@ class Trainer:
         # the official checkpoint files first, each replaced atomically; the state file (what resume reads, weights
         # included) last, so a kill at any point leaves a consistent state to resume from
         self._save_official(out)
-        _atomic(os.path.join(out, STATE_FILE),
+        write_atomic(os.path.join(out, STATE_FILE),
                 lambda p: save_file(tensors, p, metadata={"autogaze_training_state": json.dumps(meta),
                                                           "format": "pt"}))
         readable = {k: v for k, v in meta.items() if k != "rng"}
-        _atomic(os.path.join(out, STATE_JSON),
+        write_atomic(os.path.join(out, STATE_JSON),
                 lambda p: open(p, "w", encoding="utf-8").write(json.dumps(readable, indent=2) + "\n"))
 
     def _save_official(self, out: str) -> None:
         from safetensors.torch import save_file
 
         sd = {k: v.detach().to("cpu").contiguous() for k, v in self.model.state_dict().items()}
-        _atomic(os.path.join(out, "model.safetensors"), lambda p: save_file(sd, p, metadata={"format": "pt"}))
+        write_atomic(os.path.join(out, "model.safetensors"), lambda p: save_file(sd, p, metadata={"format": "pt"}))
         cfg = self.model.config.raw
-        _atomic(os.path.join(out, "config.json"),
+        write_atomic(os.path.join(out, "config.json"),
                 lambda p: open(p, "w", encoding="utf-8").write(json.dumps(cfg, indent=2, sort_keys=True) + "\n"))
         pc = self.processor.config
-        _atomic(os.path.join(out, "preprocessor_config.json"),
+        write_atomic(os.path.join(out, "preprocessor_config.json"),
                 lambda p: open(p, "w", encoding="utf-8").write(json.dumps(pc, indent=2, sort_keys=True) + "\n"))
 
     def _gather(self, t: torch.Tensor) -> list[torch.Tensor]:
@@ -597,7 +575,7 @@ def _truncate_log(path: str, step: int) -> None:
         except json.JSONDecodeError:
             pass
     if len(keep) != len(lines):
-        _atomic(path, lambda p: open(p, "w", encoding="utf-8").writelines(keep))
+        write_atomic(path, lambda p: open(p, "w", encoding="utf-8").writelines(keep))
 
 
 def _json_safe(d: dict) -> dict:
